@@ -1,0 +1,1 @@
+"""Benchmark scripts: performance is measured here, never asserted in tests."""

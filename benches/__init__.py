@@ -1,0 +1,108 @@
+"""Benches: one short module each, with the same plain functions.
+
+    NAME, VERSION             bench id and prompt/extraction/scoring version (part of the contract)
+    MAX_TOKENS[think]         default generation cap per mode
+    load(data_dir) -> list[Item]
+    messages(item, think) -> chat messages
+    score(item, answer_text) -> Scored
+
+The runner strips reasoning before `score` sees the text: in think mode only what follows `</think>`
+is scored, and a completion cut off inside its reasoning is wrong and truncated, never parsed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import random
+from types import ModuleType
+
+import msgspec
+
+from engine.errors import UserError
+
+
+class Item(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    question: str
+    target: str
+    category: str | None = None
+
+
+class Scored(msgspec.Struct, kw_only=True):
+    answer: str | None  # what was extracted (None: nothing found)
+    score: float
+    extra: dict[str, str | float | int | bool | None] = {}
+
+
+BENCHES = ("arith", "gsm8k")
+OFFLINE_BENCHES = ("arith",)  # need no data files at all
+SMOKE_N = 150
+
+
+def get_bench(name: str) -> ModuleType:
+    if name not in BENCHES:
+        raise UserError(f"unknown bench {name!r} (available: {', '.join(BENCHES)})")
+    return importlib.import_module(f"benches.{name}")
+
+
+def data_fingerprint(items: list[Item]) -> str:
+    """Content hash of a loaded split: the same rows give the same hash wherever they came from."""
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(msgspec.json.encode(item))
+        digest.update(b"\n")
+    return digest.hexdigest()[:16]
+
+
+def check_unique_ids(items: list[Item], source: str) -> list[Item]:
+    seen: set[str] = set()
+    for item in items:
+        if item.id in seen:
+            raise UserError(f"{source}: duplicated item id {item.id!r}; ids must be unique")
+        seen.add(item.id)
+    return items
+
+
+def select_items(items: list[Item], tier: str, bench: str, seed: int) -> list[Item]:
+    """Items a tier runs: a pure function of (tier, bench, data fingerprint, seed).
+
+    smoke: SMOKE_N items, allocated to categories in proportion (largest remainder) so every stratum
+    keeps its share; standard and full: the whole split.
+    """
+    if tier in ("standard", "full") or len(items) <= SMOKE_N:
+        return list(items)
+    if tier != "smoke":
+        raise UserError(f"--tier {tier}: unknown tier (smoke, standard, full)")
+    key = f"{tier}|{bench}|{data_fingerprint(items)}|{seed}".encode()
+    rng = random.Random(int.from_bytes(hashlib.sha256(key).digest()[:8], "big"))
+    strata: dict[str | None, list[int]] = {}
+    for index, item in enumerate(items):
+        strata.setdefault(item.category, []).append(index)
+    quotas = {cat: SMOKE_N * len(idx) / len(items) for cat, idx in strata.items()}
+    counts = {cat: int(q) for cat, q in quotas.items()}
+    by_remainder = sorted(strata, key=lambda c: (-(quotas[c] - counts[c]), str(c)))
+    for cat in by_remainder[: SMOKE_N - sum(counts.values())]:
+        counts[cat] += 1
+    chosen: list[int] = []
+    for cat in sorted(strata, key=str):
+        chosen.extend(rng.sample(strata[cat], counts[cat]))
+    return [items[i] for i in sorted(chosen)]
+
+
+def items_fingerprint(items: list[Item]) -> str:
+    return hashlib.sha256("\n".join(i.id for i in items).encode()).hexdigest()[:16]
+
+
+def split_reasoning(text: str, think: bool, truncated: bool) -> tuple[str, str | None]:
+    """(reasoning, answer text). Answer text is None when the reasoning never closed."""
+    if not think:
+        return "", text
+    head, sep, tail = text.partition("</think>")
+    if sep:
+        return head, tail
+    # Some templates put <think> in the prompt and the model may skip reasoning entirely: only a
+    # completion that ended cleanly without ever opening a think block counts as a plain answer.
+    if not truncated and "<think>" not in text:
+        return "", text
+    return text, None

@@ -1,0 +1,13 @@
+"""Errors that end a command with a one-line message instead of a traceback."""
+
+
+class UserError(Exception):
+    """Bad input from the user: printed as one line, exit code 2."""
+
+    exit_code = 2
+
+
+class NotComparable(Exception):
+    """Two runs whose contract fields differ: exit code 3."""
+
+    exit_code = 3

@@ -1,0 +1,1 @@
+"""KL probe (tier 0): teacher-forced log-prob comparison. Built in its own issue."""
