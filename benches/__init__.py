@@ -4,7 +4,12 @@
     MAX_TOKENS[think]         default generation cap per mode
     load(data_dir) -> list[Item]
     messages(item, think) -> chat messages
-    score(item, answer_text) -> Scored
+    score(item, answer_text) -> Scored       (called from worker threads: must be thread-safe)
+
+Optional:
+    SAMPLES                   samples per item this bench always takes (e.g. 4 for maj@4); default --samples
+    aggregate(records: list[ItemRecord]) -> float
+                              per-item score from its samples (default: mean of the sample scores)
 
 The runner strips reasoning before `score` sees the text: in think mode only what follows `</think>`
 is scored, and a completion cut off inside its reasoning is wrong and truncated, never parsed.
@@ -16,6 +21,7 @@ import hashlib
 import importlib
 import random
 from types import ModuleType
+from typing import Any
 
 import msgspec
 
@@ -27,12 +33,13 @@ class Item(msgspec.Struct, frozen=True, kw_only=True):
     question: str
     target: str
     category: str | None = None
+    meta: dict[str, Any] = {}  # bench-specific fields (options, tests, instruction kwargs, ...)
 
 
 class Scored(msgspec.Struct, kw_only=True):
     answer: str | None  # what was extracted (None: nothing found)
     score: float
-    extra: dict[str, str | float | int | bool | None] = {}
+    extra: dict[str, Any] = {}
 
 
 BENCHES = ("arith", "gsm8k")

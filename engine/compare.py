@@ -46,14 +46,21 @@ class Comparison(msgspec.Struct, kw_only=True):
     degraded: bool
 
 
-def _per_item(records: list[ItemRecord]) -> tuple[dict[str, float], dict[str, float]]:
-    """item id -> mean score over its samples, and -> share of its samples that hit the cap."""
-    scores: dict[str, list[float]] = {}
-    truncs: dict[str, list[float]] = {}
+def _per_item(bench: str, records: list[ItemRecord]) -> tuple[dict[str, float], dict[str, float]]:
+    """item id -> per-item score (the bench's `aggregate`, else the mean over samples), and -> share of
+    its samples that hit the cap."""
+    import benches
+
+    module = benches.get_bench(bench)
+    aggregate = getattr(module, "aggregate", None)
+    grouped: dict[str, list[ItemRecord]] = {}
     for rec in records:
-        scores.setdefault(rec.item_id, []).append(rec.score)
-        truncs.setdefault(rec.item_id, []).append(float(rec.truncated))
-    return ({k: stats.mean(v) for k, v in scores.items()}, {k: stats.mean(v) for k, v in truncs.items()})
+        grouped.setdefault(rec.item_id, []).append(rec)
+    scores = {
+        k: aggregate(v) if aggregate else stats.mean([r.score for r in v]) for k, v in grouped.items()
+    }
+    truncs = {k: stats.mean([float(r.truncated) for r in v]) for k, v in grouped.items()}
+    return scores, truncs
 
 
 def check_comparable(base: Run, cand: Run, waive: tuple[str, ...] = ()) -> list[tuple[str, object, object]]:
@@ -74,8 +81,8 @@ def compare_runs(base: Run, cand: Run, alpha: float = 0.05, waive: tuple[str, ..
     waived = check_comparable(base, cand, waive)
     rows: list[BenchComparison] = []
     for bench in [b.name for b in cand.spec.benches]:
-        base_scores, base_trunc = _per_item(base.records.get(bench, []))
-        cand_scores, cand_trunc = _per_item(cand.records.get(bench, []))
+        base_scores, base_trunc = _per_item(bench, base.records.get(bench, []))
+        cand_scores, cand_trunc = _per_item(bench, cand.records.get(bench, []))
         ids = [i for i in base_scores if i in cand_scores]
         x = [base_scores[i] for i in ids]
         y = [cand_scores[i] for i in ids]

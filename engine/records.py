@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -48,6 +49,7 @@ class BenchSpec(msgspec.Struct, frozen=True, kw_only=True):
     n_items: int  # items chosen at this tier
     items_fingerprint: str  # hash of the chosen item ids, in order
     max_tokens: int
+    samples: int = 1  # samples per item (the run's --samples, or the bench's own SAMPLES)
 
 
 class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -79,7 +81,7 @@ class ItemRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     latency_s: float
     reasoning_tokens: int = 0
     category: str | None = None
-    extra: dict[str, str | float | int | bool | None] = {}
+    extra: dict[str, Any] = {}
 
 
 _encoder = msgspec.json.Encoder()
@@ -230,7 +232,7 @@ def iter_contract(spec: RunSpec) -> Iterator[tuple[str, object]]:
     for field in ("backend", "dtype", "chunked_prefill", "bs1"):
         yield f"engine.{field}", getattr(spec.engine, field)
     for bench in spec.benches:
-        for field in ("version", "data_fingerprint", "items_fingerprint", "max_tokens"):
+        for field in ("version", "data_fingerprint", "items_fingerprint", "max_tokens", "samples"):
             yield f"{bench.name}.{field}", getattr(bench, field)
 
 

@@ -40,6 +40,7 @@ class BenchPlan(msgspec.Struct, kw_only=True):
     items: list[Item]
     prompts: dict[str, list[int]]  # item id -> prompt token ids
     max_tokens: int
+    samples: int
 
 
 class RunPlan(msgspec.Struct, kw_only=True):
@@ -104,8 +105,9 @@ def plan_run(
             # The chosen ids go into items_fingerprint, so a limited run never grades against a full one.
             items = items[:limit]
         cap = max_tokens or module.MAX_TOKENS[think]
+        bench_samples = getattr(module, "SAMPLES", samples)
         prompts = {it.id: render_chat(tokenizer, module.messages(it, think), think) for it in items}
-        plans[module.NAME] = BenchPlan(module=module, items=items, prompts=prompts, max_tokens=cap)
+        plans[module.NAME] = BenchPlan(module=module, items=items, prompts=prompts, max_tokens=cap, samples=bench_samples)
         specs.append(
             BenchSpec(
                 name=module.NAME,
@@ -114,6 +116,7 @@ def plan_run(
                 n_items=len(items),
                 items_fingerprint=bench_registry.items_fingerprint(items),
                 max_tokens=cap,
+                samples=bench_samples,
             )
         )
     longest = max(len(p) + plan.max_tokens for plan in plans.values() for p in plan.prompts.values())
@@ -197,7 +200,7 @@ async def execute(plan: RunPlan, run_dir: Path, *, concurrency: int, kv_cache_gi
             pending[name] = [
                 (item, k)
                 for item in bench.items
-                for k in range(spec.samples)
+                for k in range(bench.samples)
                 if (item.id, k) not in writers[name].done
             ]
         if not any(pending.values()):
@@ -221,7 +224,7 @@ async def execute(plan: RunPlan, run_dir: Path, *, concurrency: int, kv_cache_gi
 
 
 async def _run_bench(name, bench: BenchPlan, pending, writer: RecordWriter, backend, spec: RunSpec, concurrency, tokenizer):
-    total = len(bench.items) * spec.samples
+    total = len(bench.items) * bench.samples
     done = [r for r in writer.existing]
     correct = sum(r.score for r in done)
     truncated = sum(r.truncated for r in done)
@@ -244,7 +247,8 @@ async def _run_bench(name, bench: BenchPlan, pending, writer: RecordWriter, back
         if answer_text is None:
             scored = bench_registry.Scored(answer=None, score=0.0, extra={"cut_in_reasoning": True})
         else:
-            scored = bench.module.score(item, answer_text)
+            # Scoring may be slow (sandboxed code, symbolic math): keep it off the event loop.
+            scored = await asyncio.to_thread(bench.module.score, item, answer_text)
         writer.append(
             ItemRecord(
                 item_id=item.id,

@@ -118,8 +118,8 @@ CONTRACT_CHANGES = {
     "engine.chunked_prefill": {"engine": EngineSpec(backend="vllm", dtype="bfloat16", chunked_prefill=True, bs1=False, prefix_caching=False, max_model_len=512)},
     "engine.bs1": {"engine": EngineSpec(backend="vllm", dtype="bfloat16", chunked_prefill=False, bs1=True, prefix_caching=False, max_model_len=512)},
 }
-for field in ("version", "data_fingerprint", "items_fingerprint", "max_tokens"):
-    value = 999 if field == "max_tokens" else "other"
+for field in ("version", "data_fingerprint", "items_fingerprint", "max_tokens", "samples"):
+    value = 999 if field in ("max_tokens", "samples") else "other"
     bench = msgspec.structs.replace(make_spec().benches[0], **{field: value})
     CONTRACT_CHANGES[f"arith.{field}"] = {"benches": (bench,)}
 
