@@ -50,6 +50,9 @@ class BenchSpec(msgspec.Struct, frozen=True, kw_only=True):
     items_fingerprint: str  # hash of the chosen item ids, in order
     max_tokens: int
     samples: int = 1  # samples per item (the run's --samples, or the bench's own SAMPLES)
+    # Full-split item count per category, when the tier ran a (stratified) subset of the split: what
+    # estimates are reweighted back to. Empty when the whole split ran.
+    strata_sizes: dict[str, int] = {}
 
 
 class RunSpec(msgspec.Struct, frozen=True, kw_only=True):

@@ -55,6 +55,14 @@ def sample_seed(run_seed: int, bench: str, item_id: str, sample: int) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
+def _strata_sizes(items: list[Item]) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for item in items:
+        key = item.category or ""
+        sizes[key] = sizes.get(key, 0) + 1
+    return sizes
+
+
 def _versions() -> dict[str, str]:
     from importlib import metadata
 
@@ -117,6 +125,7 @@ def plan_run(
                 items_fingerprint=bench_registry.items_fingerprint(items),
                 max_tokens=cap,
                 samples=bench_samples,
+                strata_sizes=_strata_sizes(all_items) if len(items) < len(all_items) else {},
             )
         )
     longest = max(len(p) + plan.max_tokens for plan in plans.values() for p in plan.prompts.values())
