@@ -37,8 +37,9 @@ def _question(rng: random.Random, category: str) -> tuple[str, int]:
 def load(data_dir: Path | None = None) -> list[Item]:
     rng = random.Random(0)
     items = []
-    for category in ("add", "sub", "mul", "two-step"):
-        for index in range(PER_CATEGORY):
+    # Interleaved, so any prefix of the pool (--limit) is balanced across strata too.
+    for index in range(PER_CATEGORY):
+        for category in ("add", "sub", "mul", "two-step"):
             question, answer = _question(rng, category)
             items.append(Item(id=f"{category}-{index:03d}", question=question, target=str(answer), category=category))
     return items

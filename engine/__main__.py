@@ -50,7 +50,7 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--concurrency", type=int, default=64, help="requests in flight (default 64)")
     p.add_argument("--data-dir", type=Path, default=None, help="local data: DIR/<bench>/test.jsonl (default: hub download)")
     p.add_argument("--out", type=Path, default=None, help="run directory (default runs/<model>-<tier>-...); rerun to resume")
-    p.add_argument("--baseline", default=None, help="baseline run dir, or a name under baselines/ (default: found by model)")
+    p.add_argument("--baseline", default=None, help="baseline run dir, a name under baselines/ (default: found by model), or 'none'")
     p.add_argument("--allow-differ", default="", help="contract fields to waive in the comparison (seed, engine.*)")
     p.add_argument("--alpha", type=float, default=0.05)
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
@@ -100,6 +100,9 @@ def cmd_run(argv: list[str]) -> int:
     print(f"run dir: {run_dir}", file=sys.stderr)
     runner.run_event_loop(runner.execute(plan, run_dir, concurrency=args.concurrency, kv_cache_gib=args.kv_cache_gib))
     cand = read_run(run_dir)
+    if args.baseline == "none":
+        print(f"records are in {run_dir}")
+        return EXIT_OK
     if args.baseline and Path(args.baseline).is_dir() and (Path(args.baseline) / "spec.json").is_file():
         base = read_run(args.baseline)
     else:

@@ -239,7 +239,11 @@ async def _run_bench(name, bench: BenchPlan, pending, writer: RecordWriter, back
     truncated = sum(r.truncated for r in done)
     count = len(done)
     gate = asyncio.Semaphore(max(1, concurrency))
-    bar = tqdm(total=total, initial=total - len(pending), desc=f"{name:<8}", unit="it", file=sys.stderr, dynamic_ncols=True)
+    # In a log file (CI) a bar redrawn ten times a second is noise: redraw rarely there.
+    bar = tqdm(
+        total=total, initial=total - len(pending), desc=f"{name:<8}", unit="it", file=sys.stderr,
+        dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 15,
+    )
 
     async def one(item: Item, k: int) -> None:
         nonlocal correct, truncated, count
