@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 import benches as bench_registry
 from benches import Item, split_reasoning
-from engine import models
+from engine import models, sequential
 from engine.backends import GenRequest, load_tokenizer, open_backend, prompt_hash, render_chat
 from engine.errors import UserError
 from engine.records import (
@@ -23,6 +23,7 @@ from engine.records import (
     EngineSpec,
     ItemRecord,
     RecordWriter,
+    Run,
     RunLock,
     RunSpec,
     SamplingConfig,
@@ -196,8 +197,19 @@ def _reasoning_tokens(tokenizer, reasoning: str) -> int:
     return len(tokenizer.encode(reasoning, add_special_tokens=False)) if reasoning else 0
 
 
-async def execute(plan: RunPlan, run_dir: Path, *, concurrency: int, kv_cache_gib: float | None = None) -> None:
-    """Generate and score every (item, sample) not yet on disk; records are appended as they finish."""
+async def execute(
+    plan: RunPlan,
+    run_dir: Path,
+    *,
+    concurrency: int,
+    kv_cache_gib: float | None = None,
+    baseline: Run | None = None,
+    alpha: float = 0.05,
+) -> None:
+    """Generate and score every (item, sample) not yet on disk; records are appended as they finish.
+
+    With a baseline (--early-stop) a bench stops taking new items once its degradation is certain.
+    """
     spec = plan.spec
     lock = RunLock(run_dir)
     writers: dict[str, RecordWriter] = {}
@@ -212,6 +224,11 @@ async def execute(plan: RunPlan, run_dir: Path, *, concurrency: int, kv_cache_gi
                 for k in range(bench.samples)
                 if (item.id, k) not in writers[name].done
             ]
+        monitors: dict[str, sequential.Monitor] = {}
+        if baseline is not None:
+            monitors = sequential.start(plan, run_dir, baseline, alpha, {n: w.existing for n, w in writers.items()})
+            for name, monitor in monitors.items():
+                pending[name] = [] if monitor.stopped else monitor.sort_pending(pending[name])
         if not any(pending.values()):
             print(f"{run_dir}: all items already done", file=sys.stderr)
             return
@@ -223,7 +240,10 @@ async def execute(plan: RunPlan, run_dir: Path, *, concurrency: int, kv_cache_gi
         print(f"{spec.engine.backend} engine ready in {time.monotonic() - t0:.0f}s", file=sys.stderr)
         for name, bench in plan.benches.items():
             if pending[name]:
-                await _run_bench(name, bench, pending[name], writers[name], backend, spec, concurrency, tokenizer)
+                await _run_bench(
+                    name, bench, pending[name], writers[name], backend, spec, concurrency, tokenizer,
+                    monitor=monitors.get(name), run_dir=run_dir,
+                )
     finally:
         for writer in writers.values():
             writer.close()
@@ -232,13 +252,17 @@ async def execute(plan: RunPlan, run_dir: Path, *, concurrency: int, kv_cache_gi
         lock.release()
 
 
-async def _run_bench(name, bench: BenchPlan, pending, writer: RecordWriter, backend, spec: RunSpec, concurrency, tokenizer):
+async def _run_bench(
+    name, bench: BenchPlan, pending, writer: RecordWriter, backend, spec: RunSpec, concurrency, tokenizer,
+    monitor: sequential.Monitor | None = None, run_dir: Path | None = None,
+):
     total = len(bench.items) * bench.samples
     done = [r for r in writer.existing]
     correct = sum(r.score for r in done)
     truncated = sum(r.truncated for r in done)
     count = len(done)
     gate = asyncio.Semaphore(max(1, concurrency))
+    stopped = asyncio.Event()  # set by --early-stop: items not yet started are skipped
     # In a log file (CI) a bar redrawn ten times a second is noise: redraw rarely there.
     bar = tqdm(
         total=total, initial=total - len(pending), desc=f"{name:<8}", unit="it", file=sys.stderr,
@@ -248,6 +272,8 @@ async def _run_bench(name, bench: BenchPlan, pending, writer: RecordWriter, back
     async def one(item: Item, k: int) -> None:
         nonlocal correct, truncated, count
         async with gate:
+            if stopped.is_set():
+                return
             ids = bench.prompts[item.id]
             seed = sample_seed(spec.seed, name, item.id, k)
             started = time.monotonic()
@@ -262,25 +288,27 @@ async def _run_bench(name, bench: BenchPlan, pending, writer: RecordWriter, back
         else:
             # Scoring may be slow (sandboxed code, symbolic math): keep it off the event loop.
             scored = await asyncio.to_thread(bench.module.score, item, answer_text)
-        writer.append(
-            ItemRecord(
-                item_id=item.id,
-                sample=k,
-                seed=seed,
-                prompt_hash=prompt_hash(ids),
-                completion=result.text,
-                prompt_tokens=result.prompt_tokens,
-                completion_tokens=result.completion_tokens,
-                finish_reason=result.finish_reason,
-                truncated=is_truncated,
-                answer=scored.answer,
-                score=scored.score,
-                latency_s=round(latency, 3),
-                reasoning_tokens=_reasoning_tokens(tokenizer, reasoning) if tokenizer else 0,
-                category=item.category,
-                extra=scored.extra,
-            )
+        record = ItemRecord(
+            item_id=item.id,
+            sample=k,
+            seed=seed,
+            prompt_hash=prompt_hash(ids),
+            completion=result.text,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            finish_reason=result.finish_reason,
+            truncated=is_truncated,
+            answer=scored.answer,
+            score=scored.score,
+            latency_s=round(latency, 3),
+            reasoning_tokens=_reasoning_tokens(tokenizer, reasoning) if tokenizer else 0,
+            category=item.category,
+            extra=scored.extra,
         )
+        writer.append(record)
+        if monitor is not None and monitor.add(record):
+            stopped.set()
+            sequential.note_stop(run_dir, name, monitor)
         correct += scored.score
         truncated += is_truncated
         count += 1
@@ -293,7 +321,7 @@ async def _run_bench(name, bench: BenchPlan, pending, writer: RecordWriter, back
     finally:
         bar.close()
     elapsed = time.monotonic() - started
-    print(f"{name}: {len(pending)} completions in {elapsed:.1f}s", file=sys.stderr)
+    print(f"{name}: {count - len(done)} completions in {elapsed:.1f}s", file=sys.stderr)
 
 
 def run_event_loop(coro):

@@ -1,0 +1,307 @@
+"""`python -m engine report RUN [--baseline BASE] --html FILE`: one self-contained HTML page.
+
+Everything is inline (CSS, and the plots as base64 PNGs drawn with matplotlib's Agg backend), so the
+page opens offline and can be attached to a ticket as one file. With a baseline it shows the
+comparison (table, per-bench delta and interval, flip matrices, per-category bars, truncation and
+length canaries); without one, the run's own accuracy, categories, truncation and lengths.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import numpy as np
+
+from engine import compare, stats
+from engine.compare import BenchComparison, Comparison, PairedItems
+from engine.records import Run
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+h1{font-size:1.5em} h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right} th{background:#f4f4f4}
+td.l,th.l{text-align:left}
+.bad{color:#b00020;font-weight:600} .good{color:#1b5e20;font-weight:600} .muted{color:#666;font-size:.85em}
+.flag{background:#fff3cd;border:1px solid #e0c36c;padding:.4em .8em;margin:.3em 0}
+img{max-width:100%}
+.flips td{min-width:5em}
+"""
+
+
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _pct(x: float) -> str:
+    return "–" if x != x else f"{100 * x:.1f}%"
+
+
+def _pts(x: float) -> str:
+    return "–" if x != x else f"{100 * x:+.1f}"
+
+
+def _p(x: float) -> str:
+    return "–" if x != x else f"{x:.3g}"
+
+
+def _esc(x: object) -> str:
+    return html.escape(str(x))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Comparison
+
+
+def _summary_table(cmp: Comparison) -> str:
+    head = (
+        "<tr><th class=l>bench</th><th>n</th><th>baseline</th><th>candidate</th>"
+        f"<th>Δ pts [{100 * (1 - cmp.alpha):.0f}% CI]</th><th>b / c</th><th>p</th><th>p Holm</th><th>mid-p</th>"
+        "<th>MDE pts</th><th>trunc base→cand</th><th class=l>verdict</th></tr>"
+    )
+    rows = []
+    for r in cmp.benches:
+        base_acc, cand_acc, delta = r.base_acc, r.cand_acc, r.delta
+        if r.full_split is not None:
+            base_acc, cand_acc, delta = r.full_split.base_acc, r.full_split.cand_acc, r.full_split.delta
+        css = "bad" if r.verdict.startswith("DEGRADED") else "good" if r.verdict == "IMPROVED" else ""
+        mde = "∞" if r.mde == float("inf") else f"{100 * r.mde:.1f}"
+        n = f"{r.n}" if r.n == r.n_baseline else f"{r.n}/{r.n_baseline}"
+        rows.append(
+            f"<tr><td class=l>{_esc(r.bench)}</td><td>{n}</td><td>{_pct(base_acc)}</td><td>{_pct(cand_acc)}</td>"
+            f"<td>{_pts(delta)} [{_pts(r.delta_ci[0])}, {_pts(r.delta_ci[1])}]</td><td>{r.b} / {r.c}</td>"
+            f"<td>{_p(r.p_degraded)}</td><td>{_p(r.p_degraded_holm)}</td><td>{_p(r.p_degraded_midp)}</td><td>{mde}</td>"
+            f"<td>{_pct(r.base_trunc)} → {_pct(r.cand_trunc)}{' ⚠' if r.truncation.flagged else ''}</td>"
+            f"<td class='l {css}'>{_esc(r.verdict)}</td></tr>"
+        )
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _forest_plot(cmp: Comparison) -> str:
+    plt = _plt()
+    rows = [r for r in cmp.benches if r.n]
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(rows) + 1.2))
+    for y, r in enumerate(rows):
+        delta = r.full_split.delta if r.full_split is not None else r.delta
+        lo, hi = r.delta_ci
+        colour = "#b00020" if r.verdict.startswith("DEGRADED") else "#1b5e20" if r.verdict == "IMPROVED" else "#455a64"
+        ax.errorbar(100 * delta, y, xerr=[[100 * (delta - lo)], [100 * (hi - delta)]], fmt="o", color=colour, capsize=4)
+        if r.mde != float("inf"):
+            ax.plot([-100 * r.mde], [y], marker="|", markersize=14, color="#999")
+    ax.axvline(0, color="#222", linewidth=0.8)
+    ax.set_yticks(range(len(rows)), [r.bench for r in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"Δ accuracy, candidate − baseline (pts), {100 * (1 - cmp.alpha):.0f}% interval; grey tick: −MDE")
+    ax.grid(axis="x", alpha=0.3)
+    return _png(fig)
+
+
+def _flip_matrix(r: BenchComparison) -> str:
+    if r.binary:
+        return (
+            f"<table class=flips><tr><th></th><th>candidate right</th><th>candidate wrong</th></tr>"
+            f"<tr><th>baseline right</th><td>{r.both_right}</td><td class=bad>{r.b}</td></tr>"
+            f"<tr><th>baseline wrong</th><td class=good>{r.c}</td><td>{r.both_wrong}</td></tr></table>"
+        )
+    return (
+        f"<table class=flips><tr><th>baseline better</th><th>equal</th><th>candidate better</th></tr>"
+        f"<tr><td class=bad>{r.b}</td><td>{r.both_right}</td><td class=good>{r.c}</td></tr></table>"
+    )
+
+
+def _strata_plot(r: BenchComparison) -> str:
+    plt = _plt()
+    rows = r.strata.rows
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.2))
+    y = np.arange(len(rows))
+    ax.barh(y - 0.2, [100 * s.base_acc for s in rows], height=0.4, label="baseline", color="#90a4ae")
+    ax.barh(y + 0.2, [100 * s.cand_acc for s in rows], height=0.4, label="candidate", color="#ef6c00")
+    for yi, s in zip(y, rows, strict=True):
+        ax.text(max(100 * s.base_acc, 100 * s.cand_acc) + 1, yi, f"{100 * s.delta:+.1f}", va="center", fontsize=8)
+    ax.set_yticks(y, [s.stratum for s in rows])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 110)
+    ax.set_xlabel("accuracy (%) per category; label: Δ pts")
+    ax.legend(loc="lower right", fontsize=8)
+    return _png(fig)
+
+
+def _strata_table(r: BenchComparison) -> str:
+    st = r.strata
+    rows = "".join(
+        f"<tr><td class=l>{_esc(s.stratum)}{' ◀' if s.stratum == st.moved_most else ''}</td><td>{s.n}</td>"
+        f"<td>{s.population or '–'}</td><td>{_pct(s.base_acc)}</td><td>{_pct(s.cand_acc)}</td><td>{_pts(s.delta)}</td>"
+        f"<td>{s.b} / {s.c}</td><td>{_p(s.p_two_sided)}</td><td>{_p(s.p_holm)}</td></tr>"
+        for s in st.rows
+    )
+    return (
+        f"<p>{_esc(st.test_method)}: χ² = {st.test.statistic:.2f}, p two-sided {_p(st.test.p_two_sided)}, "
+        f"p degraded {_p(st.test.p_degraded)}; moved most: <b>{_esc(st.moved_most)}</b></p>"
+        "<table><tr><th class=l>category</th><th>n</th><th>full split</th><th>baseline</th><th>candidate</th>"
+        f"<th>Δ pts</th><th>b / c</th><th>p (exact)</th><th>p Holm</th></tr>{rows}</table>"
+    )
+
+
+def _truncation_plot(cmp: Comparison) -> str:
+    plt = _plt()
+    rows = cmp.benches
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.2))
+    y = np.arange(len(rows))
+    ax.barh(y - 0.2, [100 * r.base_trunc for r in rows], height=0.4, label="baseline", color="#90a4ae")
+    ax.barh(y + 0.2, [100 * r.cand_trunc for r in rows], height=0.4, label="candidate", color="#ef6c00")
+    ax.set_yticks(y, [r.bench + (" ⚠" if r.truncation.flagged else "") for r in rows])
+    ax.invert_yaxis()
+    # A fixed floor for the axis: 0.7% against 0.7% must not fill the plot like 70% against 70%.
+    top = max([5.0] + [100 * r.cand_trunc for r in rows if r.n] + [100 * r.base_trunc for r in rows if r.n])
+    ax.set_xlim(0, min(100.0, 1.15 * top))
+    ax.set_xlabel("completions that hit the generation cap (%)")
+    ax.legend(loc="lower right", fontsize=8)
+    return _png(fig)
+
+
+def _length_plot(items: PairedItems, cap: int) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    worse, better = items.base > items.cand, items.cand > items.base
+    same = ~(worse | better)
+    for mask, colour, label in ((same, "#9e9e9e", "same score"), (worse, "#b00020", "baseline better"), (better, "#1b5e20", "candidate better")):
+        if mask.any():
+            ax.scatter(items.base_len[mask] + 1, items.cand_len[mask] + 1, s=10, alpha=0.6, color=colour, label=label)
+    top = max(float(np.max(items.base_len, initial=1)), float(np.max(items.cand_len, initial=1)), cap) + 1
+    ax.plot([1, top], [1, top], color="#222", linewidth=0.8)
+    ax.axhline(cap + 1, color="#ef6c00", linestyle="--", linewidth=0.8, label=f"cap {cap}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"baseline {items.length_measure} + 1")
+    ax.set_ylabel(f"candidate {items.length_measure} + 1")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _comparison_page(cmp: Comparison, base: Run, cand: Run) -> str:
+    parts = [
+        f"<h1>Degradation report: {_esc(cmp.candidate_model)} vs {_esc(cmp.baseline_model)}</h1>",
+        f"<p class=muted>baseline {_esc(cmp.baseline)}<br>candidate {_esc(cmp.candidate)}</p>",
+        f"<p class={'bad' if cmp.degraded else 'good'}>verdict: {_esc(cmp.verdict_line)} at α={cmp.alpha}</p>",
+    ]
+    parts += [f"<div class=flag>⚠ canary: {_esc(f)}</div>" for f in cmp.flags]
+    parts += [f"<div class=flag>compared despite differing {_esc(f)}: {_esc(b)} vs {_esc(c)}</div>" for f, b, c in cmp.waived]
+    parts += [_summary_table(cmp), f"<p class=muted>method: {_esc(cmp.method)}</p>"]
+    parts += ["<h2>Δ per bench</h2>", _forest_plot(cmp)]
+    parts += ["<h2>Truncation</h2>", _truncation_plot(cmp)]
+    caps = {b.name: b.max_tokens for b in cand.spec.benches}
+    for r in cmp.benches:
+        parts.append(f"<h2>{_esc(r.bench)}</h2>")
+        parts.append(f"<p>{_esc(r.test)}; per item: {_esc(r.per_item)}; Δ interval: {_esc(r.ci_method)}. <b>{_esc(r.verdict)}</b></p>")
+        if r.early_stop is not None:
+            es = r.early_stop
+            parts.append(
+                f"<p>early stop: {'stopped after' if es.stopped else 'ran to the end,'} {es.after_items} items; "
+                f"{es.losses} losses of {es.discordant} discordant pairs; design p {_p(es.p_design)}</p>"
+            )
+        parts += ["<h3>Flip matrix</h3>", _flip_matrix(r)]
+        if r.strata is not None:
+            parts += ["<h3>Per category</h3>", _strata_plot(r), _strata_table(r)]
+        items = compare.pair_items(base, cand, r.bench)
+        sh = r.length.shift
+        parts += [
+            f"<h3>Generation length ({_esc(r.length.measure)})</h3>",
+            f"<p>median {sh.base_median:.0f} → {sh.cand_median:.0f}; mean {sh.base_mean:.0f} → {sh.cand_mean:.0f}; median per-item ratio ×{sh.median_ratio:.2f}; "
+            f"Wilcoxon p (candidate longer) {_p(sh.p_longer)}{' ⚠' if r.length.flagged else ''}; "
+            f"truncation {r.truncation.up} items up / {r.truncation.down} down, p {_p(r.truncation.p_more)}</p>",
+        ]
+        if r.n:
+            parts.append(_length_plot(items, caps.get(r.bench, 0)))
+    return "".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------------
+# A run on its own
+
+
+def _single_page(run: Run) -> str:
+    plt = _plt()
+    parts = [f"<h1>Run report: {_esc(run.spec.model)}</h1>", f"<p class=muted>{_esc(run.dir)} (no baseline given or found)</p>"]
+    rows = []
+    for spec in run.spec.benches:
+        records = run.records.get(spec.name, [])
+        values = compare.per_item_values(spec.name, records)
+        n = len(values)
+        acc = stats.mean(list(values.values()))
+        binary = all(v in (0.0, 1.0) for v in values.values())
+        lo, hi = stats.wilson_interval(sum(values.values()), n) if n and binary else (float("nan"),) * 2
+        trunc = stats.mean([float(r.truncated) for r in records])
+        rows.append((spec, records, values, acc, lo, hi, trunc))
+    parts.append(
+        "<table><tr><th class=l>bench</th><th>n</th><th>accuracy [95% Wilson]</th><th>truncated</th></tr>"
+        + "".join(
+            f"<tr><td class=l>{_esc(s.name)}</td><td>{len(v)}</td><td>{_pct(a)} [{_pct(lo)}, {_pct(hi)}]</td><td>{_pct(t)}</td></tr>"
+            for s, _, v, a, lo, hi, t in rows
+        )
+        + "</table>"
+    )
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.2))
+    for y, (_, _, _, acc, lo, hi, _) in enumerate(rows):
+        ax.errorbar(100 * acc, y, xerr=[[100 * (acc - lo)], [100 * (hi - acc)]] if lo == lo else None, fmt="o", capsize=4)
+    ax.set_yticks(range(len(rows)), [r[0].name for r in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel("accuracy (%)")
+    parts += ["<h2>Accuracy</h2>", _png(fig)]
+    for spec, records, values, _, _, _, _ in rows:
+        parts.append(f"<h2>{_esc(spec.name)}</h2>")
+        category = {r.item_id: r.category or "" for r in records}
+        names = sorted(set(category.values()))
+        if len(names) > 1:
+            accs = [stats.mean([v for i, v in values.items() if category[i] == c]) for c in names]
+            fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 1.2))
+            ax.barh(range(len(names)), [100 * a for a in accs], color="#90a4ae")
+            ax.set_yticks(range(len(names)), names)
+            ax.invert_yaxis()
+            ax.set_xlabel("accuracy (%) per category")
+            parts.append(_png(fig))
+        measure = "reasoning_tokens" if run.spec.think else "completion_tokens"
+        lengths = [getattr(r, measure) for r in records]
+        if lengths:
+            fig, ax = plt.subplots(figsize=(6, 3))
+            ax.hist(lengths, bins=40, color="#90a4ae")
+            ax.axvline(spec.max_tokens, color="#ef6c00", linestyle="--", label=f"cap {spec.max_tokens}")
+            ax.set_xlabel(measure.replace("_", " "))
+            ax.legend(fontsize=8)
+            parts.append(_png(fig))
+    return "".join(parts)
+
+
+def write_report(
+    cand: Run, base: Run | None, out: Path, alpha: float = 0.05, waive: tuple[str, ...] = ()
+) -> Comparison | None:
+    """Write the page; return the comparison (None for a run on its own)."""
+    if base is not None:
+        cmp = compare.compare_runs(base, cand, alpha=alpha, waive=waive)
+        body = _comparison_page(cmp, base, cand)
+    else:
+        cmp, body = None, _single_page(cand)
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>degradation report</title>"
+        f"<style>{_CSS}</style></head><body>{body}</body></html>"
+    )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    return cmp
