@@ -10,6 +10,8 @@ Optional:
     SAMPLES                   samples per item this bench always takes (e.g. 4 for maj@4); default --samples
     aggregate(records: list[ItemRecord]) -> float
                               per-item score from its samples (default: mean of the sample scores)
+    HUB, LOCAL_FILES          its pinned hub file and the names it reads under --data-dir DIR/<name>/
+                              (benches.data; `python -m engine data fetch` downloads HUB)
 
 The runner strips reasoning before `score` sees the text: in think mode only what follows `</think>`
 is scored, and a completion cut off inside its reasoning is wrong and truncated, never parsed.
@@ -42,9 +44,13 @@ class Scored(msgspec.Struct, kw_only=True):
     extra: dict[str, Any] = {}
 
 
-BENCHES = ("arith", "gsm8k")
+BENCHES = ("arith", "gsm8k", "mmlu_pro", "gpqa", "tradequiz")
 OFFLINE_BENCHES = ("arith",)  # need no data files at all
+TIERS = ("smoke", "standard", "full")
 SMOKE_N = 150
+# Benches the standard tier runs as a stratified slice (items); every other bench runs whole there.
+# mmlu_pro: about 30% of 12,032, reweighted back to the full split with BenchSpec.strata_sizes.
+STANDARD_SLICE = {"mmlu_pro": 3600}
 
 
 def get_bench(name: str) -> ModuleType:
@@ -74,27 +80,53 @@ def check_unique_ids(items: list[Item], source: str) -> list[Item]:
 def select_items(items: list[Item], tier: str, bench: str, seed: int) -> list[Item]:
     """Items a tier runs: a pure function of (tier, bench, data fingerprint, seed).
 
-    smoke: SMOKE_N items, allocated to categories in proportion (largest remainder) so every stratum
-    keeps its share; standard and full: the whole split.
+    smoke: SMOKE_N items; standard: the STANDARD_SLICE size for the benches listed there, else the
+    whole split; full: the whole split. A subset is a stratified random sample by category (see
+    `allocate`), its strata interleaved in proportion, each in split order.
     """
-    if tier in ("standard", "full") or len(items) <= SMOKE_N:
+    if tier not in TIERS:
+        raise UserError(f"--tier {tier}: unknown tier ({', '.join(TIERS)})")
+    size = {"smoke": SMOKE_N, "standard": STANDARD_SLICE.get(bench), "full": None}[tier]
+    if size is None or len(items) <= size:
         return list(items)
-    if tier != "smoke":
-        raise UserError(f"--tier {tier}: unknown tier (smoke, standard, full)")
     key = f"{tier}|{bench}|{data_fingerprint(items)}|{seed}".encode()
     rng = random.Random(int.from_bytes(hashlib.sha256(key).digest()[:8], "big"))
     strata: dict[str | None, list[int]] = {}
     for index, item in enumerate(items):
         strata.setdefault(item.category, []).append(index)
-    quotas = {cat: SMOKE_N * len(idx) / len(items) for cat, idx in strata.items()}
-    counts = {cat: int(q) for cat, q in quotas.items()}
-    by_remainder = sorted(strata, key=lambda c: (-(quotas[c] - counts[c]), str(c)))
-    for cat in by_remainder[: SMOKE_N - sum(counts.values())]:
-        counts[cat] += 1
-    chosen: list[int] = []
+    counts = allocate({cat: len(idx) for cat, idx in strata.items()}, size)
+    order: list[tuple[float, str, int]] = []
     for cat in sorted(strata, key=str):
-        chosen.extend(rng.sample(strata[cat], counts[cat]))
-    return [items[i] for i in sorted(chosen)]
+        picked = sorted(rng.sample(strata[cat], counts[cat]))
+        # Spread every stratum evenly over the order: splits are often sorted by category, and a
+        # prefix of the selection (--limit) should still keep each stratum's share.
+        order += [((rank + 0.5) / len(picked), str(cat), index) for rank, index in enumerate(picked)]
+    return [items[index] for _, _, index in sorted(order)]
+
+
+def allocate(sizes: dict[str | None, int], n: int) -> dict[str | None, int]:
+    """Items per stratum for a sample of n: proportional to the stratum sizes (largest remainder).
+
+    A stratum that would get fewer than min(2, its size) is raised to that, when n allows, taking
+    from the strata most above their proportional share: every stratum is then observed, has a
+    variance, and can be reweighted back to its share of the split.
+    """
+    total = sum(sizes.values())
+    quotas = {cat: n * size / total for cat, size in sizes.items()}
+    counts = {cat: int(q) for cat, q in quotas.items()}
+    by_remainder = sorted(sizes, key=lambda c: (-(quotas[c] - counts[c]), str(c)))
+    for cat in by_remainder[: n - sum(counts.values())]:
+        counts[cat] += 1
+    floor = {cat: min(2, size) for cat, size in sizes.items()}
+    if sum(floor.values()) <= n:
+        for cat in sorted(sizes, key=str):
+            while counts[cat] < floor[cat]:
+                donor = max(
+                    (c for c in sizes if counts[c] > floor[c]), key=lambda c: (counts[c] - quotas[c], str(c))
+                )
+                counts[donor] -= 1
+                counts[cat] += 1
+    return counts
 
 
 def items_fingerprint(items: list[Item]) -> str:
