@@ -44,7 +44,7 @@ class Scored(msgspec.Struct, kw_only=True):
     extra: dict[str, Any] = {}
 
 
-BENCHES = ("arith", "gsm8k", "mmlu_pro", "gpqa", "tradequiz", "ifeval")
+BENCHES = ("arith", "gsm8k", "mmlu_pro", "gpqa", "tradequiz", "ifeval", "humaneval", "aime_2026", "hmmt_feb_2026")
 OFFLINE_BENCHES = ("arith",)  # need no data files at all
 TIERS = ("smoke", "standard", "full")
 SMOKE_N = 150

