@@ -137,6 +137,7 @@ class Comparison(msgspec.Struct, kw_only=True):
     degraded: bool
     verdict_line: str = ""
     flags: list[str] = []
+    notes: list[str] = []  # how the runs were made, when it matters (e.g. unsandboxed code execution)
 
 
 class PairedItems(msgspec.Struct, kw_only=True):
@@ -494,6 +495,12 @@ def compare_runs(
     if improved:
         line += f"; improved: {', '.join(improved)}"
     flags = [f for r in rows for f in r.flags]
+    notes = [
+        f"⚠ {bench}: the {side}'s model-written code ran UNSANDBOXED (--sandbox none)"
+        for run, side in ((base, "baseline"), (cand, "candidate"))
+        for bench, records in run.records.items()
+        if any(r.extra.get("sandbox") == "none" for r in records)
+    ]
     return Comparison(
         baseline=str(base.dir),
         candidate=str(cand.dir),
@@ -506,6 +513,7 @@ def compare_runs(
         degraded=bool(degraded),
         verdict_line=line,
         flags=flags,
+        notes=notes,
     )
 
 
@@ -528,6 +536,7 @@ def format_table(cmp: Comparison) -> str:
     ]
     for field, bval, cval in cmp.waived:
         lines.append(f"⚠ compared despite differing {field}: baseline {bval!r} vs candidate {cval!r} (--allow-differ)")
+    lines += cmp.notes
     ci_head = f"Δ pts [{100 * (1 - cmp.alpha):.0f}% CI]"
     header = (
         f"{'bench':<10} {'n':>9} {'base':>6} {'cand':>6} {ci_head:>22} {'b/c':>9} {'p':>8} {'p Holm':>8} "
