@@ -93,6 +93,7 @@ class BenchComparison(msgspec.Struct, kw_only=True):
     n_baseline: int
     samples: int
     per_item: str  # how an item's samples make its value
+    avg_at_k: tuple[float, float] | None = None  # (baseline, candidate) mean sample score, beside maj@k
     binary: bool  # one 0/1 value per item in both runs
     base_acc: float
     cand_acc: float
@@ -157,6 +158,9 @@ class PairedItems(msgspec.Struct, kw_only=True):
     samples: int
     per_item: str
     length_measure: str
+    # Mean of the sample scores (avg@k), shown beside an aggregate such as maj@k.
+    base_avg: np.ndarray | None = None
+    cand_avg: np.ndarray | None = None
 
 
 def _grouped(records: list[ItemRecord]) -> dict[str, list[ItemRecord]]:
@@ -224,6 +228,8 @@ def pair_items(base: Run, cand: Run, bench: str, stratum_of: StratumOf = categor
         samples=samples,
         per_item=per_item,
         length_measure="reasoning tokens" if think else "completion tokens",
+        base_avg=column(base_groups, lambda r: stats.mean([x.score for x in r])) if has_aggregate else None,
+        cand_avg=column(cand_groups, lambda r: stats.mean([x.score for x in r])) if has_aggregate else None,
     )
 
 
@@ -408,6 +414,7 @@ def compare_bench(
         n_baseline=items.n_baseline,
         samples=items.samples,
         per_item=items.per_item,
+        avg_at_k=(float(items.base_avg.mean()), float(items.cand_avg.mean())) if items.base_avg is not None and n else None,
         binary=binary,
         base_acc=float(x.mean()) if n else float("nan"),
         cand_acc=float(y.mean()) if n else float("nan"),
@@ -573,6 +580,8 @@ def format_table(cmp: Comparison) -> str:
 
 def _bench_details(r: BenchComparison) -> list[str]:
     lines = [f"\n{r.bench}: {r.test}; per item: {r.per_item}; Δ interval: {r.ci_method}"]
+    if r.avg_at_k is not None:
+        lines.append(f"  avg@{r.samples} (mean over samples): base {_pct(r.avg_at_k[0])} cand {_pct(r.avg_at_k[1])}")
     if r.binary:
         lines.append(
             f"  flips: both right {r.both_right}, baseline only {r.b}, candidate only {r.c}, both wrong {r.both_wrong} "
