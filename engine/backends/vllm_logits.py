@@ -1,0 +1,187 @@
+"""Prompt-position logits inside vLLM, reduced where they are computed: only per-position statistics
+ever leave the engine (full-vocabulary rows through vLLM's output path are unusable at 248k vocab).
+
+How: `install_hook` (run on every worker through `collective_rpc`) wraps the model runner's
+`_get_prompt_logprobs_dict`, the step in which V1 computes logits of prompt positions. Probe requests
+are tagged with `SamplingParams(extra_args={"dh_probe": key})`; for them the wrapper takes the hidden
+states of the positions this step prefilled, computes their logits with the model's own
+`compute_logits` (chunked, so memory stays bounded), and hands them to `probes.reduce.reduce_rows`
+with the job registered for that key (`set_jobs`, also through `collective_rpc`). Rows map to
+requests by the runner's own request index, so many probe sequences share a batch.
+
+Under tensor parallelism every rank makes the same `compute_logits` calls (they gather across ranks);
+only a rank that holds the gathered logits and is TP rank 0 records results.
+
+Limits: needs the V1 model runner (`VLLM_USE_V2_MODEL_RUNNER=0`, set by `open_probe_engine`) and
+prefix caching off (a cached prefix is never recomputed); a sequence whose rows did not all arrive
+is an error, not a silent gap.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+TAG = "dh_probe"
+CHUNK_ROWS = 1024
+
+
+class _ProbeState:
+    def __init__(self):
+        self.jobs: dict = {}  # key -> (score_from, job)
+        self.results: dict[str, list] = {}  # key -> [(first_row, arrays)]
+
+
+def install_hook(worker) -> bool:
+    """Wrap this worker's prompt-logits step (idempotent). Module-level: picklable for collective_rpc."""
+    runner = worker.model_runner
+    if getattr(runner, "_dh_probe", None) is not None:
+        return True
+    state = _ProbeState()
+    runner._dh_probe = state
+    original = runner._get_prompt_logprobs_dict
+
+    def hooked(hidden_states, num_scheduled_tokens):
+        if state.jobs:
+            _reduce_probe_rows(runner, state, hidden_states, num_scheduled_tokens)
+        return original(hidden_states, num_scheduled_tokens)
+
+    runner._get_prompt_logprobs_dict = hooked
+    return True
+
+
+def _reduce_probe_rows(runner, state: _ProbeState, hidden_states, num_scheduled_tokens: dict[str, int]) -> None:
+    import torch
+
+    from probes.reduce import reduce_rows
+
+    reports = _reports_here()
+    for req_id, num_tokens in num_scheduled_tokens.items():
+        request = runner.requests.get(req_id)
+        params = getattr(request, "sampling_params", None)
+        extra = getattr(params, "extra_args", None) or {}
+        key = extra.get(TAG)
+        if key is None or key not in state.jobs or request.prompt_token_ids is None:
+            continue
+        score_from, job = state.jobs[key]
+        prompt = request.prompt_token_ids
+        start = request.num_computed_tokens  # first position prefilled in this step
+        # Positions start .. start+num_tokens-1 were computed; position p predicts token p+1, and
+        # only prompt positions (p <= len-2) from score_from on are probe rows.
+        lo = max(start, score_from)
+        hi = min(start + num_tokens, len(prompt) - 1)
+        if lo >= hi:
+            continue
+        offset = int(runner.query_start_loc.np[runner.input_batch.req_id_to_index[req_id]])
+        for a in range(lo, hi, CHUNK_ROWS):
+            b = min(a + CHUNK_ROWS, hi)
+            logits = runner.model.compute_logits(hidden_states[offset + a - start : offset + b - start])
+            if logits is None or not reports:
+                continue  # this rank holds no gathered logits, or another rank reports
+            targets = torch.tensor(prompt[a + 1 : b + 1], device=logits.device, dtype=torch.long)
+            arrays = reduce_rows(logits, targets, job, a - score_from)
+            state.results.setdefault(key, []).append((a - score_from, arrays))
+
+
+def _reports_here() -> bool:
+    try:
+        from vllm.distributed import get_tensor_model_parallel_rank
+
+        return get_tensor_model_parallel_rank() == 0
+    except (ImportError, AssertionError, RuntimeError):
+        return True
+
+
+def set_jobs(worker, jobs: dict) -> None:
+    """Register {key: (score_from, job)} for the next requests; clears older jobs and results."""
+    state = worker.model_runner._dh_probe
+    state.jobs = dict(jobs)
+    state.results = {}
+
+
+def take_results(worker) -> dict[str, list]:
+    state = worker.model_runner._dh_probe
+    results, state.results, state.jobs = state.results, {}, {}
+    return results
+
+
+class ProbeEngine:
+    """A `vllm.LLM` with the hook installed; sequences in, per-row arrays out."""
+
+    def __init__(self, llm, saved_env: dict[str, str | None]):
+        self.llm = llm
+        self._saved_env = saved_env
+
+    def run(self, sequences: list[list[int]], score_from: list[int], jobs: list, batch: int = 64) -> list[list]:
+        """Per sequence, its [(first_row, arrays)] chunks (see probes.reduce.concat)."""
+        from vllm import SamplingParams
+
+        out: list[list] = []
+        for first in range(0, len(sequences), batch):
+            idx = range(first, min(first + batch, len(sequences)))
+            keys = {i: f"s{i}" for i in idx}
+            self.llm.collective_rpc(set_jobs, args=({keys[i]: (score_from[i], jobs[i]) for i in idx},))
+            prompts = [{"prompt_token_ids": list(map(int, sequences[i]))} for i in idx]
+            params = [SamplingParams(max_tokens=1, temperature=0.0, extra_args={TAG: keys[i]}) for i in idx]
+            self.llm.generate(prompts, params, use_tqdm=False)
+            per_rank = self.llm.collective_rpc(take_results)
+            results = next((r for r in per_rank if r), {})
+            out.extend(results.get(keys[i], []) for i in idx)
+        return out
+
+    def close(self) -> None:
+        import gc
+
+        llm, self.llm = self.llm, None
+        engine = getattr(llm, "llm_engine", None)
+        core = getattr(engine, "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        del llm, engine, core
+        gc.collect()
+        # A run's own AsyncLLM may start next in this process (tier 0): leave vLLM's settings as found.
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def open_probe_engine(checkpoint: Path, *, dtype: str, max_model_len: int, tensor_parallel: int = 1, seed: int = 0) -> ProbeEngine:
+    from engine.backends.vllm_backend import _prepare_environment, is_cpu_build
+    from engine.errors import UserError
+
+    _prepare_environment()
+    # The probe's stdout is its report (and --json): vLLM's log lines go to stderr.
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    saved_env = {name: os.environ.get(name) for name in ("VLLM_USE_V2_MODEL_RUNNER", "VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_ALLOW_INSECURE_SERIALIZATION")}
+    # The hook wraps the V1 model runner's prompt-logits step.
+    os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
+    if tensor_parallel == 1:
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process: the hook is a plain call
+    else:
+        # Worker processes receive the hook functions pickled (they are module-level, importable).
+        os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
+    try:
+        from vllm import LLM
+    except ImportError as exc:
+        raise UserError(f"--backend vllm: vLLM is not importable ({exc}); use --backend hf") from exc
+    cpu = is_cpu_build()
+    llm = LLM(
+        model=str(checkpoint),
+        dtype=dtype,
+        seed=seed,
+        max_model_len=max_model_len,
+        tensor_parallel_size=tensor_parallel,
+        enable_chunked_prefill=False,
+        enable_prefix_caching=False,
+        max_num_batched_tokens=max(max_model_len, 8192),
+        max_num_seqs=64,
+        kv_cache_memory_bytes=(1 << 30) if cpu else None,
+        enforce_eager=cpu,
+        disable_log_stats=True,
+    )
+    ok = llm.collective_rpc(install_hook)
+    if not all(ok):
+        raise RuntimeError("probe hook not installed on every worker")
+    return ProbeEngine(llm, saved_env)
