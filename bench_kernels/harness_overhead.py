@@ -41,7 +41,7 @@ start = time.monotonic()
 outs = llm.generate(prompts, params, use_tqdm=False)
 gen = time.monotonic() - start
 tokens = sum(len(o.outputs[0].token_ids) for o in outs)
-print(json.dumps({"generate_s": gen, "startup_s": ready - t0, "tokens": tokens}))
+print("RESULT " + json.dumps({"generate_s": gen, "startup_s": ready - t0, "tokens": tokens}))
 """
 
 
@@ -95,7 +95,8 @@ def main() -> None:
         bare_total = time.monotonic() - t0
         if bare.returncode != 0:
             sys.exit(f"bare vLLM run failed:\n{bare.stderr[-3000:]}")
-        bare_stats = json.loads(bare.stdout.strip().splitlines()[-1])
+        # vLLM logs to stdout too: our line is the one with the marker.
+        bare_stats = json.loads(next(line for line in bare.stdout.splitlines() if line.startswith("RESULT "))[7:])
 
     print(f"items {args.n}, concurrency {args.concurrency}, model {args.model}")
     print(f"{'':<22}{'harness':>10}{'bare LLM':>10}{'ratio':>8}")
