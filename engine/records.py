@@ -40,6 +40,9 @@ class EngineSpec(msgspec.Struct, frozen=True, kw_only=True):
     prefix_caching: bool
     max_model_len: int
     tensor_parallel: int = 1
+    # vLLM scheduler token budget per step, with chunked prefill (None: vLLM's default). The
+    # determinism experiment sets it small so that short prompts are really split into chunks.
+    max_num_batched_tokens: int | None = None
 
 
 class BenchSpec(msgspec.Struct, frozen=True, kw_only=True):

@@ -23,6 +23,7 @@ class GenRequest(msgspec.Struct, frozen=True, kw_only=True):
     sampling: SamplingConfig
     max_tokens: int
     seed: int
+    logprobs: bool = False  # also return the log-prob of each sampled token (determinism experiments)
 
 
 class GenResult(msgspec.Struct, kw_only=True):
@@ -31,6 +32,8 @@ class GenResult(msgspec.Struct, kw_only=True):
     finish_reason: str  # "stop" | "length"
     prompt_tokens: int
     completion_tokens: int
+    # Per sampled token: its log-prob under the model's raw (unpenalised, untempered) distribution.
+    logprobs: list[float] | None = None
 
 
 class Backend(Protocol):

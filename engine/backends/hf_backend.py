@@ -113,6 +113,7 @@ class HfBackend:
         for i, r in enumerate(requests):
             seen_all[i, torch.tensor(r.prompt_token_ids)] = 1
         outputs: list[list[int]] = [[] for _ in requests]
+        token_logprobs: list[list[float]] = [[] for _ in requests]
         finish: list[str | None] = [None if b > 0 else "length" for b in budgets]
         cache = DynamicCache()
         step_ids = input_ids.to(self._device)
@@ -131,6 +132,9 @@ class HfBackend:
                         next_ids.append(self._pad)
                         continue
                     token = _sample_row(logits[i], r.sampling, seen_output[i], seen_all[i], generators[i])
+                    if r.logprobs:
+                        # Raw distribution, before penalties and temperature: what vLLM's default reports.
+                        token_logprobs[i].append(float(torch.log_softmax(logits[i], dim=-1)[token]))
                     outputs[i].append(token)
                     seen_output[i, token] = 1
                     seen_all[i, token] = 1
@@ -151,6 +155,7 @@ class HfBackend:
                     finish_reason=finish[i] or "length",
                     prompt_tokens=len(r.prompt_token_ids),
                     completion_tokens=len(outputs[i]),
+                    logprobs=token_logprobs[i] if r.logprobs else None,
                 )
             )
         return results

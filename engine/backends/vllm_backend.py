@@ -25,6 +25,8 @@ def _prepare_environment() -> None:
 
         os.environ["VLLM_CACHE_ROOT"] = str(cache_dir() / "vllm")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    # vLLM logs to stdout by default; stdout carries our tables and --json output.
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -39,6 +41,8 @@ class VllmBackend:
         self._engine = engine
         self.max_model_len = max_model_len
         self._scratch = scratch
+        # Prefix caching reuses whole KV blocks only (the determinism experiment reports this).
+        self.kv_block_size: int = engine.vllm_config.cache_config.block_size
 
     @classmethod
     async def start(
@@ -78,6 +82,9 @@ class VllmBackend:
         if not spec.chunked_prefill:
             # Without chunking a whole prompt must fit in one scheduler step.
             args.max_num_batched_tokens = max(spec.max_model_len, 8192)
+        elif spec.max_num_batched_tokens is not None:
+            # A small step budget makes vLLM split even short prompts into several prefill chunks.
+            args.max_num_batched_tokens = max(spec.max_num_batched_tokens, args.max_num_seqs)
         # vLLM leaves IPC socket files in TMPDIR: give it a private folder for the engine's lifetime.
         scratch = tempfile.mkdtemp(prefix="dh-vllm-")
         os.environ["TMPDIR"] = scratch
@@ -103,6 +110,8 @@ class VllmBackend:
             seed=request.seed,
             max_tokens=min(request.max_tokens, self.max_model_len - len(request.prompt_token_ids)),
             output_kind=RequestOutputKind.FINAL_ONLY,
+            # 0 = no alternatives, only the sampled token's own log-prob.
+            logprobs=0 if request.logprobs else None,
         )
         final = None
         request_id = f"{request.request_id}-{uuid.uuid4().hex[:8]}"
@@ -112,12 +121,18 @@ class VllmBackend:
             final = output
         assert final is not None and final.finished
         completion = final.outputs[0]
+        logprobs = None
+        if request.logprobs and completion.logprobs is not None:
+            logprobs = [
+                position[token].logprob for token, position in zip(completion.token_ids, completion.logprobs, strict=True)
+            ]
         return GenResult(
             text=completion.text,
             token_ids=list(completion.token_ids),
             finish_reason=completion.finish_reason or "abort",
             prompt_tokens=len(request.prompt_token_ids),
             completion_tokens=len(completion.token_ids),
+            logprobs=logprobs,
         )
 
     async def close(self) -> None:
