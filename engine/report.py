@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from engine import compare, stats
-from engine.compare import BenchComparison, Comparison, PairedItems
+from engine.compare import BenchComparison, Comparison, PairedItems, _p, _pct, _pts
 from engine.records import Run
 
 _CSS = """
@@ -48,18 +48,6 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def _pct(x: float) -> str:
-    return "–" if x != x else f"{100 * x:.1f}%"
-
-
-def _pts(x: float) -> str:
-    return "–" if x != x else f"{100 * x:+.1f}"
-
-
-def _p(x: float) -> str:
-    return "–" if x != x else f"{x:.3g}"
 
 
 def _esc(x: object) -> str:
