@@ -36,6 +36,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	@command -v bwrap >/dev/null 2>&1 || { test "$$(id -u)" = 0 && (apt-get update -qq && apt-get install -y -qq bubblewrap) || echo "note: bubblewrap missing (sudo apt-get install bubblewrap); sandbox tests will skip"; }
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -3,7 +3,7 @@
     python bench_kernels/kl_bandwidth.py [--rows 4096] [--vocab 152064,248320] [--k 64] [--dtype bfloat16] [--compile]
 
 Per vocab size it times (median of --reps runs, after warm-up):
-  fused     bench_kernels.kl_kernel.row_stats (Triton on CUDA, torch elsewhere)
+  fused     probes.kl_kernel.row_stats (Triton on CUDA, torch elsewhere)
   torch     the torch path (row_stats_torch), eager
   compiled  the torch path under torch.compile (with --compile)
   copy      a device-to-device copy of the same logits (read + write bytes)
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench_kernels import kl_kernel  # noqa: E402
+from probes import kl_kernel  # noqa: E402
 
 
 def _timer(device: torch.device):

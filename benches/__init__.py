@@ -8,8 +8,11 @@
 
 Optional:
     SAMPLES                   samples per item this bench always takes (e.g. 4 for maj@4); default --samples
-    aggregate(records: list[ItemRecord]) -> float
-                              per-item score from its samples (default: mean of the sample scores)
+    PER_ITEM                  "mean" (default: avg@k) or "majority" (maj@k over Scored.vote_key); stored in
+                              the run's spec, so comparing runs never needs bench code (engine/pairing.py)
+    SCORING_VERSIONS          versions of shared scoring code the bench calls ({"math_answer": "2"})
+    async solve(item, session) -> Episode
+                              multi-turn or tool-using benches (engine/solvers.py); default: one reply
     HUB, LOCAL_FILES          its pinned hub file and the names it reads under --data-dir DIR/<name>/
                               (benches.data; `python -m engine data fetch` downloads HUB)
 
@@ -42,6 +45,9 @@ class Scored(msgspec.Struct, kw_only=True):
     answer: str | None  # what was extracted (None: nothing found)
     score: float
     extra: dict[str, Any] = {}
+    scores: dict[str, float] = {}  # secondary scores by name
+    # What maj@k groups samples by (PER_ITEM = "majority"); default: the extracted answer.
+    vote_key: str | None = None
 
 
 BENCHES = ("arith", "gsm8k", "mmlu_pro", "gpqa", "tradequiz", "ifeval", "humaneval", "aime_2026", "hmmt_feb_2026")

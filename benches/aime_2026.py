@@ -1,7 +1,7 @@
 """aime_2026: AIME 2026 I and II (30 problems, integer answers 0-999), as MathArena runs it.
 
 Thinking by default, MathArena's prompt, the last \\boxed{} of the final answer, math-verify
-equivalence, and 4 samples per problem: the item score is maj@4 (`aggregate`), avg@4 is the mean of the
+equivalence, and 4 samples per problem: the item score is maj@4 (`PER_ITEM`), avg@4 is the mean of the
 sample scores. See benches/math_answer.py.
 """
 
@@ -15,6 +15,8 @@ NAME = "aime_2026"
 VERSION = "1"
 THINK = True  # the bench is meant for reasoning mode
 SAMPLES = 4
+PER_ITEM = "majority"  # maj@4 over math_answer's vote keys (engine/pairing.py)
+SCORING_VERSIONS = {"math_answer": math_answer.VERSION}
 MAX_TOKENS = {False: 8192, True: 32768}
 HUB = data.HubFile(
     repo="MathArena/aime_2026",
@@ -37,5 +39,3 @@ def messages(item: Item, think: bool) -> list[dict[str, str]]:
 def score(item: Item, text: str) -> Scored:
     return math_answer.score_boxed(item.target, text)
 
-
-aggregate = math_answer.aggregate

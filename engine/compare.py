@@ -9,28 +9,16 @@ per-category rows with a stratified test, full-split reweighting for subset tier
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from pathlib import Path
 
 import msgspec
 import numpy as np
 
 from engine import sequential, stats
-from engine.errors import NotComparable
-from engine.records import SPEC_FILE, ItemRecord, Run, contract_diff, read_run
-
-# Contract fields a user may knowingly waive (noise-floor experiments: the same model at another seed
-# or in another engine configuration). Everything else keeps its items or prompts from lining up.
-WAIVABLE = ("seed", "engine.backend", "engine.dtype", "engine.chunked_prefill", "engine.bs1")
+from engine.baselines import check_comparable, shared_benches, ungraded_benches
+from engine.pairing import PairedItems, StratumOf, category_of, pair_items
+from engine.records import Run
 
 POWER = 0.8  # power at which the minimum detectable effect is quoted
-
-StratumOf = Callable[[ItemRecord], "str | None"]
-
-
-def category_of(record: ItemRecord) -> str | None:
-    return record.category
-
 
 class StratumRow(msgspec.Struct, kw_only=True):
     stratum: str
@@ -139,112 +127,6 @@ class Comparison(msgspec.Struct, kw_only=True):
     verdict_line: str = ""
     flags: list[str] = []
     notes: list[str] = []  # how the runs were made, when it matters (e.g. unsandboxed code execution)
-
-
-class PairedItems(msgspec.Struct, kw_only=True):
-    """One bench's items present in both runs, as aligned arrays (what the statistics and plots use)."""
-
-    bench: str
-    ids: list[str]
-    base: np.ndarray  # per-item value
-    cand: np.ndarray
-    base_trunc: np.ndarray  # per-item share of samples that hit the cap
-    cand_trunc: np.ndarray
-    base_len: np.ndarray  # per-item mean generation length (reasoning tokens in think mode)
-    cand_len: np.ndarray
-    strata: list[str]
-    categories: list[str]
-    n_baseline: int
-    samples: int
-    per_item: str
-    length_measure: str
-    # Mean of the sample scores (avg@k), shown beside an aggregate such as maj@k.
-    base_avg: np.ndarray | None = None
-    cand_avg: np.ndarray | None = None
-
-
-def _grouped(records: list[ItemRecord]) -> dict[str, list[ItemRecord]]:
-    grouped: dict[str, list[ItemRecord]] = {}
-    for rec in records:
-        grouped.setdefault(rec.item_id, []).append(rec)
-    return grouped
-
-
-def item_value_fn(bench: str) -> Callable[[list[ItemRecord]], float]:
-    """Per-item value from an item's records: the bench's `aggregate` (maj@k), else the mean score."""
-    import benches
-
-    aggregate = getattr(benches.get_bench(bench), "aggregate", None)
-    return aggregate if aggregate else (lambda recs: stats.mean([r.score for r in recs]))
-
-
-def per_item_values(bench: str, records: list[ItemRecord]) -> dict[str, float]:
-    value = item_value_fn(bench)
-    return {k: float(value(v)) for k, v in _grouped(records).items()}
-
-
-def _per_item(bench: str, records: list[ItemRecord]) -> tuple[dict[str, float], dict[str, float]]:
-    """item id -> per-item score, and -> share of its samples that hit the cap."""
-    truncs = {k: stats.mean([float(r.truncated) for r in v]) for k, v in _grouped(records).items()}
-    return per_item_values(bench, records), truncs
-
-
-def pair_items(base: Run, cand: Run, bench: str, stratum_of: StratumOf = category_of) -> PairedItems:
-    import benches
-
-    base_groups = _grouped(base.records.get(bench, []))
-    cand_groups = _grouped(cand.records.get(bench, []))
-    value = item_value_fn(bench)
-    ids = [i for i in base_groups if i in cand_groups]
-    think = cand.spec.think
-    spec = next((b for b in cand.spec.benches if b.name == bench), None)
-    samples = spec.samples if spec else 1
-
-    def length(recs: list[ItemRecord]) -> float:
-        return stats.mean([float(r.reasoning_tokens if think else r.completion_tokens) for r in recs])
-
-    def column(groups: dict[str, list[ItemRecord]], fn) -> np.ndarray:
-        return np.array([fn(groups[i]) for i in ids], dtype=float)
-
-    has_aggregate = getattr(benches.get_bench(bench), "aggregate", None) is not None
-    if has_aggregate:
-        per_item = f"aggregate() of {samples} samples"
-    elif samples > 1:
-        per_item = f"mean of {samples} samples (avg@{samples})"
-    else:
-        per_item = "1 sample"
-    return PairedItems(
-        bench=bench,
-        ids=ids,
-        base=column(base_groups, value),
-        cand=column(cand_groups, value),
-        base_trunc=column(base_groups, lambda r: stats.mean([float(x.truncated) for x in r])),
-        cand_trunc=column(cand_groups, lambda r: stats.mean([float(x.truncated) for x in r])),
-        base_len=column(base_groups, length),
-        cand_len=column(cand_groups, length),
-        strata=[str(stratum_of(cand_groups[i][0]) or "") for i in ids],
-        categories=[cand_groups[i][0].category or "" for i in ids],
-        n_baseline=len(base_groups),
-        samples=samples,
-        per_item=per_item,
-        length_measure="reasoning tokens" if think else "completion tokens",
-        base_avg=column(base_groups, lambda r: stats.mean([x.score for x in r])) if has_aggregate else None,
-        cand_avg=column(cand_groups, lambda r: stats.mean([x.score for x in r])) if has_aggregate else None,
-    )
-
-
-def check_comparable(base: Run, cand: Run, waive: tuple[str, ...] = ()) -> list[tuple[str, object, object]]:
-    """Raise NotComparable listing every differing contract field; return the waived differences."""
-    bad = [w for w in waive if w not in WAIVABLE]
-    if bad:
-        raise NotComparable(f"--allow-differ {','.join(bad)}: only {', '.join(WAIVABLE)} can be waived")
-    diffs = contract_diff(base.spec, cand.spec)
-    blocking = [d for d in diffs if d[0] not in waive]
-    if blocking:
-        lines = [f"⚠ NOT COMPARABLE: {cand.dir} cannot be graded against {base.dir}"]
-        lines += [f"  {field}: baseline {bval!r} vs candidate {cval!r}" for field, bval, cval in blocking]
-        raise NotComparable("\n".join(lines))
-    return [d for d in diffs if d[0] in waive]
 
 
 def _strata(items: PairedItems, strata_sizes: dict[str, int]) -> Strata | None:
@@ -465,9 +347,9 @@ def _verdict(row: BenchComparison, alpha: float) -> str:
 def compare_runs(
     base: Run, cand: Run, alpha: float = 0.05, waive: tuple[str, ...] = (), stratum_of: StratumOf = category_of
 ) -> Comparison:
-    waived = check_comparable(base, cand, waive)
+    waived = [(d.field, d.baseline, d.candidate) for d in check_comparable(base, cand, waive)]
     design = sequential.read_design(cand.dir)
-    names = [b.name for b in cand.spec.benches]
+    names = shared_benches(base, cand)
     rows = [
         compare_bench(
             pair_items(base, cand, spec.name, stratum_of),
@@ -478,6 +360,7 @@ def compare_runs(
             seed=design.seed if design is not None else cand.spec.seed,
         )
         for spec in cand.spec.benches
+        if spec.name in names
     ]
     # Holm over the benches of this run, separately for each one-sided direction.
     for row, p in zip(rows, stats.holm([r.p_degraded for r in rows]), strict=True):
@@ -508,6 +391,9 @@ def compare_runs(
         for bench, records in run.records.items()
         if any(r.extra.get("sandbox") == "none" for r in records)
     ]
+    ungraded = ungraded_benches(base, cand)
+    if ungraded:
+        notes.append(f"ungraded (not in the baseline): {', '.join(ungraded)}")
     return Comparison(
         baseline=str(base.dir),
         candidate=str(cand.dir),
@@ -637,35 +523,3 @@ def print_comparison(cmp: Comparison, as_json: bool = False) -> None:
         sys.stdout.write(msgspec.json.format(msgspec.json.encode(cmp), indent=1).decode() + "\n")
     else:
         print(format_table(cmp))
-
-
-def baselines_root() -> Path:
-    """`baselines/` of the working directory, else the one committed beside the package."""
-    here = Path("baselines")
-    return here if here.is_dir() else Path(__file__).resolve().parent.parent / "baselines"
-
-
-def find_baseline(names: list[str], cand: Run) -> Run | None:
-    """The committed baseline run under baselines/<name>/ whose contract matches the candidate.
-
-    None when no baseline exists for any of the names; NotComparable (with the closest run's
-    differences) when some exist but none matches.
-    """
-    closest: tuple[int, Run, list] | None = None
-    for name in dict.fromkeys(n for n in names if n):
-        folder = baselines_root() / name
-        if not folder.is_dir():
-            continue
-        for spec_path in sorted(folder.glob(f"*/{SPEC_FILE}")):
-            base = read_run(spec_path.parent)
-            diffs = contract_diff(base.spec, cand.spec)
-            if not diffs:
-                return base
-            if closest is None or len(diffs) < closest[0]:
-                closest = (len(diffs), base, diffs)
-    if closest is None:
-        return None
-    _, base, diffs = closest
-    lines = [f"⚠ NOT COMPARABLE: no baseline under {baselines_root()} matches this run; closest is {base.dir}:"]
-    lines += [f"  {field}: baseline {bval!r} vs candidate {cval!r}" for field, bval, cval in diffs]
-    raise NotComparable("\n".join(lines))

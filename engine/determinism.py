@@ -33,8 +33,8 @@ import msgspec
 
 from engine.backends import GenRequest, load_tokenizer, open_backend, render_chat
 from engine.errors import UserError
-from engine.records import EngineSpec, SamplingConfig
 from engine.sampling import PRESETS
+from engine.spec import EngineSpec, HfEngine, SamplingConfig, VllmEngine, backend_name, normalize_dtype
 
 CONFIGS = ("bs1", "batched", "chunked", "prefix-cache", "batch-invariant")
 REFERENCE = "bs1"
@@ -257,7 +257,10 @@ def batch_invariant_unavailable(backend: str) -> str | None:
 
 def config_engine(name: str, base: EngineSpec) -> tuple[EngineSpec, dict[str, str]]:
     """The engine settings and environment of one configuration, derived from the reference's."""
-    reference = msgspec.structs.replace(base, bs1=True, chunked_prefill=False, prefix_caching=False, max_num_batched_tokens=None)
+    if isinstance(base, HfEngine):  # no scheduler settings: only batch size 1 or not
+        reference = msgspec.structs.replace(base, bs1=True)
+    else:
+        reference = msgspec.structs.replace(base, bs1=True, chunked_prefill=False, prefix_caching=False, max_num_batched_tokens=None)
     if name == "bs1":
         return reference, {}
     if name == "batched":
@@ -384,7 +387,7 @@ async def run_config(
     with _environment(env):
         try:
             t0 = time.monotonic()
-            backend = await open_backend(checkpoint, engine, seed=seed, concurrency=in_flight, kv_cache_gib=kv_cache_gib)
+            backend = await open_backend(engine, checkpoint=checkpoint, seed=seed, concurrency=in_flight, kv_cache_gib=kv_cache_gib)
             print(f"  engine ready in {time.monotonic() - t0:.0f}s", file=sys.stderr)
             completions: list[Completion] = []
             seconds: list[float] = []
@@ -433,14 +436,14 @@ async def run_experiment(
         result = ConfigResult(name=name, setting=SETTINGS[name], available=True, engine=engine, env=env)
         if name == "batch-invariant":
             result.reference = "the same engine, one request at a time"
-        reason = unavailable_reason(name, base_engine.backend)
+        reason = unavailable_reason(name, backend_name(base_engine))
         if reason is not None:
             result.available, result.reason = False, reason
             print(f"{name}: unavailable ({reason})", file=sys.stderr)
             results.append(result)
             continue
         print(f"{name}: {SETTINGS[name]}", file=sys.stderr)
-        result.skipped_modes = skipped_modes(name, base_engine.backend)
+        result.skipped_modes = skipped_modes(name, backend_name(base_engine))
         for mode, why in result.skipped_modes.items():
             print(f"  {mode} mode skipped: {why}", file=sys.stderr)
         runnable = [r for r in requests if r[1] not in result.skipped_modes]
@@ -478,7 +481,7 @@ async def run_experiment(
         results.append(result)
     report = Report(
         model=model_label,
-        backend=base_engine.backend,
+        backend=backend_name(base_engine),
         dtype=base_engine.dtype,
         prompts=len(prompts),
         prompt_tokens_median=float(statistics.median(len(p.token_ids) for p in prompts)),
@@ -648,14 +651,12 @@ def command(
     model_limit = getattr(AutoConfig.from_pretrained(checkpoint), "max_position_embeddings", None) or longest
     if longest > model_limit:
         raise UserError(f"longest prompt + --max-tokens = {longest} tokens, past the model's {model_limit}: lower --max-tokens")
-    base_engine = EngineSpec(
-        backend=backend,
-        dtype=dtype,
-        chunked_prefill=False,
-        bs1=True,
-        prefix_caching=False,
-        max_model_len=min(model_limit, -(-longest // 256) * 256),
-    )
+    max_model_len = min(model_limit, -(-longest // 256) * 256)
+    dtype = normalize_dtype(dtype)
+    if backend == "hf":
+        base_engine: EngineSpec = HfEngine(dtype=dtype, bs1=True, max_model_len=max_model_len)
+    else:
+        base_engine = VllmEngine(dtype=dtype, chunked_prefill=False, bs1=True, prefix_caching=False, max_model_len=max_model_len)
     label = models.model_label(model)
     out_dir = out_dir or Path("runs") / f"determinism-{label}-{backend}-{dtype}-s{seed}"
     report = run_event_loop(

@@ -11,3 +11,9 @@ class NotComparable(Exception):
     """Two runs whose contract fields differ: exit code 3."""
 
     exit_code = 3
+
+
+class EngineFailed(Exception):
+    """The engine or the server behind it failed mid-run: no verdict; records so far stay (exit 4)."""
+
+    exit_code = 4

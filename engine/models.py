@@ -53,6 +53,15 @@ def resolve_model(name_or_path: str, build: bool = True) -> Path:
     return path
 
 
+def find_local_model(name_or_path: str) -> Path | None:
+    """The checkpoint of `--model` when it is on this machine (an endpoint's model may not be)."""
+    if name_or_path == SMOLLM2_NAME:
+        built = cache_dir() / "models" / SMOLLM2_NAME
+        return built if (built / "config.json").is_file() else None
+    path = Path(name_or_path).expanduser()
+    return path if (path / "config.json").is_file() else None
+
+
 def model_label(name_or_path: str) -> str:
     """Short name used for baseline directories and reports."""
     if name_or_path == SMOLLM2_NAME:

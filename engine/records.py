@@ -13,66 +13,26 @@ from __future__ import annotations
 import fcntl
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from engine.errors import UserError
+from engine.spec import FORMAT_VERSION, RunSpec
 
 
-class SamplingConfig(msgspec.Struct, frozen=True, kw_only=True):
-    preset: str
-    temperature: float
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = off
-    min_p: float = 0.0
-    presence_penalty: float = 0.0
-    repetition_penalty: float = 1.0
+class Turn(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """One step of a multi-turn episode, kept compact: enough to replay and inspect a trajectory."""
+
+    role: str  # "assistant" (a generation) | "tool" (a command's result)
+    tokens: int = 0  # generated tokens (assistant) or output bytes (tool)
+    text: str = ""  # the command (tool) or a head of the reply (assistant)
+    exit_code: int | None = None
+    extra: dict[str, Any] = {}
 
 
-class EngineSpec(msgspec.Struct, frozen=True, kw_only=True):
-    backend: str
-    dtype: str
-    chunked_prefill: bool
-    bs1: bool
-    prefix_caching: bool
-    max_model_len: int
-    tensor_parallel: int = 1
-    # vLLM scheduler token budget per step, with chunked prefill (None: vLLM's default). The
-    # determinism experiment sets it small so that short prompts are really split into chunks.
-    max_num_batched_tokens: int | None = None
-
-
-class BenchSpec(msgspec.Struct, frozen=True, kw_only=True):
-    name: str
-    version: str  # prompt + extraction + scoring version of the bench module
-    data_fingerprint: str  # content hash of the loaded split
-    n_items: int  # items chosen at this tier
-    items_fingerprint: str  # hash of the chosen item ids, in order
-    max_tokens: int
-    samples: int = 1  # samples per item (the run's --samples, or the bench's own SAMPLES)
-    # Full-split item count per category, when the tier ran a (stratified) subset of the split: what
-    # estimates are reweighted back to. Empty when the whole split ran.
-    strata_sizes: dict[str, int] = {}
-
-
-class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
-    model: str  # as given on the command line (label)
-    model_fingerprint: str
-    tier: str
-    seed: int
-    think: bool
-    samples: int
-    sampling: SamplingConfig
-    benches: tuple[BenchSpec, ...]
-    engine: EngineSpec
-    harness_version: str = ""
-    versions: dict[str, str] = {}  # torch/vllm/transformers: informative, not part of the contract
-
-
-class ItemRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+class ItemRecord(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
     item_id: str
     sample: int
     seed: int
@@ -88,6 +48,16 @@ class ItemRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     reasoning_tokens: int = 0
     category: str | None = None
     extra: dict[str, Any] = {}
+    # Secondary scores by name (e.g. ifeval's loose variants, an imported run's other metrics); the
+    # primary one is `score`.
+    scores: dict[str, float] = {}
+    # What majority voting (per_item "majority") groups samples by; None: no answer, no vote.
+    vote_key: str | None = None
+    turns: list[Turn] | None = None  # multi-turn episodes only
+    stop_reason: str | None = None  # how an episode ended ("answered", "turn_limit", ...)
+    # The request failed for good (after retries): not an answer, never scored as wrong; a rerun
+    # retries it.
+    error: str | None = None
 
 
 _encoder = msgspec.json.Encoder()
@@ -106,8 +76,20 @@ def read_spec(run_dir: Path) -> RunSpec:
     path = Path(run_dir) / SPEC_FILE
     if not path.is_file():
         raise UserError(f"{run_dir}: not a run directory ({SPEC_FILE} missing)")
+    data = path.read_bytes()
     try:
-        return _spec_decoder.decode(path.read_bytes())
+        version = msgspec.json.decode(data).get("format_version", 1)
+    except (msgspec.DecodeError, AttributeError) as exc:
+        raise UserError(f"{path}: not a JSON object ({exc})") from exc
+    if version != FORMAT_VERSION:
+        how = (
+            "upgrade the harness to read it"
+            if isinstance(version, int) and version > FORMAT_VERSION
+            else "regenerate it: rerun its command into a new --out (`make baseline` regenerates the committed baseline)"
+        )
+        raise UserError(f"{run_dir}: run format {version}, this harness reads format {FORMAT_VERSION}; {how}")
+    try:
+        return _spec_decoder.decode(data)
     except msgspec.ValidationError as exc:
         raise UserError(f"{path}: invalid run spec ({exc}); was it written by another harness version?") from exc
     except msgspec.DecodeError as exc:
@@ -140,20 +122,29 @@ def _scan(path: Path) -> tuple[list[ItemRecord], int, str | None]:
 
 
 def read_records(path: Path) -> list[ItemRecord]:
-    """Records of one bench, first occurrence of each (item, sample) kept; a torn tail is dropped."""
+    """Records of one bench, one per (item, sample); a torn tail is dropped.
+
+    An error record (a request that failed for good) stands for its (item, sample) only until a rerun
+    writes the real one, which then replaces it.
+    """
     if not path.is_file():
         return []
     records, _, problem = _scan(path)
     if problem:
         print(f"warning: {path}: {problem}; dropped it", file=sys.stderr)
-    seen: set[tuple[str, int]] = set()
-    unique = []
+        append_note(path.parent.parent, "torn_tail", f"{path.name}: {problem}; dropped it")
+    chosen: dict[tuple[str, int], ItemRecord] = {}
     for rec in records:
         key = (rec.item_id, rec.sample)
-        if key not in seen:
-            seen.add(key)
-            unique.append(rec)
-    return unique
+        held = chosen.get(key)
+        if held is None or (held.error is not None and rec.error is None):
+            chosen[key] = rec
+    return list(chosen.values())
+
+
+def answered(records: list[ItemRecord]) -> list[ItemRecord]:
+    """The records that hold a generation (error records left out)."""
+    return [r for r in records if r.error is None]
 
 
 class Run(msgspec.Struct):
@@ -181,11 +172,13 @@ class RecordWriter:
             existing, good_end, problem = _scan(path)
             if problem:
                 print(f"warning: {path}: {problem}; cutting it off before resuming", file=sys.stderr)
+                append_note(path.parent.parent, "torn_tail", f"{path.name}: {problem}; cut off before resuming")
                 with open(path, "r+b") as f:
                     f.truncate(good_end)
                     os.fsync(f.fileno())
-        self.done: set[tuple[str, int]] = {(r.item_id, r.sample) for r in existing}
-        self.existing = existing
+        # Error records are not done: a rerun retries them.
+        self.done: set[tuple[str, int]] = {(r.item_id, r.sample) for r in existing if r.error is None}
+        self.existing = [r for r in existing if r.error is None]
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def append(self, record: ItemRecord) -> None:
@@ -196,7 +189,8 @@ class RecordWriter:
         # of this line, which _scan recognises as a torn tail.
         os.write(self._fd, _encoder.encode(record) + b"\n")
         os.fsync(self._fd)
-        self.done.add(key)
+        if record.error is None:
+            self.done.add(key)
 
     def close(self) -> None:
         os.close(self._fd)
@@ -223,46 +217,39 @@ def records_path(run_dir: Path, bench: str) -> Path:
     return Path(run_dir) / RECORDS_DIR / f"{bench}.jsonl"
 
 
-def iter_contract(spec: RunSpec) -> Iterator[tuple[str, object]]:
-    """The fields a baseline and a candidate must share to be graded against each other.
-
-    The model and its fingerprint are deliberately absent: they are what differs.
-    """
-    yield "tier", spec.tier
-    yield "seed", spec.seed
-    yield "think", spec.think
-    yield "samples", spec.samples
-    for field in msgspec.structs.fields(SamplingConfig):
-        if field.name != "preset":
-            yield f"sampling.{field.name}", getattr(spec.sampling, field.name)
-    for field in ("backend", "dtype", "chunked_prefill", "bs1"):
-        yield f"engine.{field}", getattr(spec.engine, field)
-    for bench in spec.benches:
-        for field in ("version", "data_fingerprint", "items_fingerprint", "max_tokens", "samples"):
-            yield f"{bench.name}.{field}", getattr(bench, field)
+NOTES_FILE = "notes.jsonl"
 
 
-def contract_diff(base: RunSpec, cand: RunSpec, only_benches: set[str] | None = None) -> list[tuple[str, object, object]]:
-    """[(field, baseline value, candidate value)] for every differing contract field.
+class Note(msgspec.Struct, kw_only=True):
+    time: float
+    kind: str  # "torn_tail" | "dropped_rows" | "early_stop" | "errors" | ...
+    message: str
 
-    Bench fields are compared for the benches both runs have (or `only_benches`); a bench missing
-    from the baseline is reported as its own difference.
-    """
-    base_fields = dict(iter_contract(base))
-    cand_fields = dict(iter_contract(cand))
-    base_benches = {b.name for b in base.benches}
-    cand_benches = {b.name for b in cand.benches}
-    wanted = only_benches if only_benches is not None else cand_benches
-    diffs = []
-    for key, cval in cand_fields.items():
-        bench = key.split(".", 1)[0]
-        if bench in cand_benches and bench not in wanted:
-            continue
-        if bench in cand_benches and bench not in base_benches:
-            continue
-        bval = base_fields.get(key, "<absent>")
-        if bval != cval:
-            diffs.append((key, bval, cval))
-    for name in sorted(wanted - base_benches):
-        diffs.append((f"{name}", "<not in baseline>", "present"))
-    return diffs
+
+def append_note(run_dir: Path, kind: str, message: str) -> None:
+    """Warnings that matter after the terminal scrolled away: appended to the run's notes.jsonl."""
+    import time
+
+    run_dir = Path(run_dir)
+    if not (run_dir / SPEC_FILE).is_file():
+        return  # not (yet) a run directory: nothing to attach the note to
+    line = _encoder.encode(Note(time=round(time.time(), 3), kind=kind, message=message)) + b"\n"
+    fd = os.open(run_dir / NOTES_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def read_notes(run_dir: Path) -> list[Note]:
+    path = Path(run_dir) / NOTES_FILE
+    if not path.is_file():
+        return []
+    decoder = msgspec.json.Decoder(Note)
+    notes = []
+    for line in path.read_bytes().splitlines():
+        try:
+            notes.append(decoder.decode(line))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue  # notes are advisory; a torn one is not worth failing a comparison
+    return notes

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import compare, stats
-from engine.compare import BenchComparison, Comparison, PairedItems, _p, _pct, _pts
+from engine import compare, pairing, stats
+from engine.compare import BenchComparison, Comparison, _p, _pct, _pts
+from engine.pairing import PairedItems
 from engine.records import Run
 
 _CSS = """
@@ -207,7 +208,7 @@ def _comparison_page(cmp: Comparison, base: Run, cand: Run) -> str:
         parts += ["<h3>Flip matrix</h3>", _flip_matrix(r)]
         if r.strata is not None:
             parts += ["<h3>Per category</h3>", _strata_plot(r), _strata_table(r)]
-        items = compare.pair_items(base, cand, r.bench)
+        items = pairing.pair_items(base, cand, r.bench)
         sh = r.length.shift
         parts += [
             f"<h3>Generation length ({_esc(r.length.measure)})</h3>",
@@ -230,7 +231,7 @@ def _single_page(run: Run) -> str:
     rows = []
     for spec in run.spec.benches:
         records = run.records.get(spec.name, [])
-        values = compare.per_item_values(spec.name, records)
+        values = pairing.per_item_values(spec, records)
         n = len(values)
         acc = stats.mean(list(values.values()))
         binary = all(v in (0.0, 1.0) for v in values.values())
@@ -276,6 +277,22 @@ def _single_page(run: Run) -> str:
     return "".join(parts)
 
 
+def _probe_panel(run: Run) -> str:
+    """The tier-0 KL probe's panel, when the run had one (written by --probe)."""
+    import msgspec
+
+    from probes.metrics import PROBE_FILE, Summary, format_summary
+
+    path = Path(run.dir) / PROBE_FILE
+    if not path.is_file():
+        return ""
+    try:
+        summary = msgspec.json.decode(path.read_bytes(), type=Summary)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return f"<h2>KL probe (tier 0)</h2><p class=flag>{_esc(path)}: unreadable ({_esc(exc)})</p>"
+    return f"<h2>KL probe (tier 0)</h2><pre>{_esc(format_summary(summary, '(tier 0)'))}</pre>"
+
+
 def write_report(
     cand: Run, base: Run | None, out: Path, alpha: float = 0.05, waive: tuple[str, ...] = ()
 ) -> Comparison | None:
@@ -285,6 +302,7 @@ def write_report(
         body = _comparison_page(cmp, base, cand)
     else:
         cmp, body = None, _single_page(cand)
+    body += _probe_panel(cand)
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>degradation report</title>"
         f"<style>{_CSS}</style></head><body>{body}</body></html>"

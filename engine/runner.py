@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -15,22 +16,29 @@ from tqdm import tqdm
 import benches as bench_registry
 from benches import Item, split_reasoning
 from engine import models, sequential
-from engine.backends import GenRequest, load_tokenizer, open_backend, prompt_hash, render_chat
-from engine.errors import UserError
+from engine.backends import Backend, BackendError, EndpointDown, load_tokenizer, render_chat
+from engine.errors import EngineFailed, UserError
 from engine.records import (
     SPEC_FILE,
-    BenchSpec,
-    EngineSpec,
     ItemRecord,
     RecordWriter,
     Run,
     RunLock,
-    RunSpec,
-    SamplingConfig,
+    append_note,
     encode_spec,
-    iter_contract,
     read_spec,
     records_path,
+)
+from engine.solvers import Session, solver_of
+from engine.spec import (
+    BenchSpec,
+    EngineSpec,
+    OpenAIEngine,
+    RunSpec,
+    SamplingConfig,
+    backend_name,
+    resume_diff,
+    run_key,
 )
 
 HARNESS_VERSION = "0.1.0"
@@ -39,15 +47,18 @@ HARNESS_VERSION = "0.1.0"
 class BenchPlan(msgspec.Struct, kw_only=True):
     module: ModuleType
     items: list[Item]
-    prompts: dict[str, list[int]]  # item id -> prompt token ids
+    # item id -> prompt token ids of its first turn, rendered with the model's chat template; empty
+    # for an endpoint whose tokenizer is not on this machine (the server renders the chat).
+    prompts: dict[str, list[int]]
     max_tokens: int
     samples: int
 
 
 class RunPlan(msgspec.Struct, kw_only=True):
     spec: RunSpec
-    checkpoint: Path
+    checkpoint: Path | None  # None: a model served elsewhere, not on this machine
     benches: dict[str, BenchPlan]
+    load_notes: list[str] = []  # what loading the data warned about (dropped rows): kept in notes.jsonl
 
 
 def sample_seed(run_seed: int, bench: str, item_id: str, sample: int) -> int:
@@ -76,6 +87,10 @@ def _versions() -> dict[str, str]:
     return found
 
 
+def per_item_rule(module: ModuleType) -> str:
+    return getattr(module, "PER_ITEM", "mean")
+
+
 def plan_run(
     *,
     model: str,
@@ -86,23 +101,28 @@ def plan_run(
     samples: int,
     sampling: SamplingConfig,
     max_tokens: int | None,
-    backend: str,
-    dtype: str,
-    chunked_prefill: bool,
-    bs1: bool,
-    prefix_caching: bool,
-    tensor_parallel: int,
-    max_model_len: int | None,
+    engine: EngineSpec,
     data_dir: Path | None,
     limit: int | None = None,
 ) -> RunPlan:
+    """Items, prompts and the spec of a run. An engine spec with max_model_len 0 gets one sized to fit
+    the longest prompt plus its cap."""
     if tier not in ("smoke", "standard", "full"):
         raise UserError(f"--tier {tier}: unknown tier (smoke, standard, full)")
     if samples < 1:
         raise UserError("--samples must be at least 1")
     modules = [bench_registry.get_bench(name) for name in bench_names]
-    checkpoint = models.resolve_model(model)
-    tokenizer = load_tokenizer(checkpoint)
+    from benches import data as bench_data
+
+    bench_data.LOAD_NOTES.clear()
+    checkpoint: Path | None
+    if isinstance(engine, OpenAIEngine):
+        # A served model may also be on this machine (then its tokenizer gives prompt hashes and
+        # reasoning lengths); usually it is not.
+        checkpoint = models.find_local_model(model)
+    else:
+        checkpoint = models.resolve_model(model)
+    tokenizer = load_tokenizer(checkpoint) if checkpoint is not None else None
     plans: dict[str, BenchPlan] = {}
     specs: list[BenchSpec] = []
     for module in modules:
@@ -115,76 +135,72 @@ def plan_run(
             items = items[:limit]
         cap = max_tokens or module.MAX_TOKENS[think]
         bench_samples = getattr(module, "SAMPLES", samples)
-        prompts = {it.id: render_chat(tokenizer, module.messages(it, think), think) for it in items}
+        prompts = {it.id: render_chat(tokenizer, module.messages(it, think), think) for it in items} if tokenizer else {}
         plans[module.NAME] = BenchPlan(module=module, items=items, prompts=prompts, max_tokens=cap, samples=bench_samples)
         specs.append(
             BenchSpec(
                 name=module.NAME,
                 version=module.VERSION,
+                scoring_versions=dict(getattr(module, "SCORING_VERSIONS", {})),
                 data_fingerprint=bench_registry.data_fingerprint(all_items),
                 n_items=len(items),
                 items_fingerprint=bench_registry.items_fingerprint(items),
                 max_tokens=cap,
                 samples=bench_samples,
+                per_item=per_item_rule(module),
                 strata_sizes=_strata_sizes(all_items) if len(items) < len(all_items) else {},
             )
         )
-    longest = max(len(p) + plan.max_tokens for plan in plans.values() for p in plan.prompts.values())
-    if max_model_len is None:
+    if not isinstance(engine, OpenAIEngine) and engine.max_model_len <= 0:
         # Enough for the longest prompt plus its cap, rounded up; never past what the model supports.
         from transformers import AutoConfig
 
-        limit = getattr(AutoConfig.from_pretrained(checkpoint), "max_position_embeddings", None) or longest
-        max_model_len = min(limit, -(-longest // 256) * 256)
+        longest = max(len(p) + plan.max_tokens for plan in plans.values() for p in plan.prompts.values())
+        limit_len = getattr(AutoConfig.from_pretrained(checkpoint), "max_position_embeddings", None) or longest
+        engine = msgspec.structs.replace(engine, max_model_len=min(limit_len, -(-longest // 256) * 256))
+    if isinstance(engine, OpenAIEngine):
+        fingerprint = "served:" + hashlib.sha256(f"{engine.served_model}|{engine.served_root}".encode()).hexdigest()[:16]
+    else:
+        fingerprint = models.checkpoint_fingerprint(checkpoint)
     spec = RunSpec(
         model=models.model_label(model),
-        model_fingerprint=models.checkpoint_fingerprint(checkpoint),
+        model_fingerprint=fingerprint,
+        base_model=models.base_model_of(checkpoint) if checkpoint is not None else None,
         tier=tier,
         seed=seed,
         think=think,
         samples=samples,
         sampling=sampling,
         benches=tuple(specs),
-        engine=EngineSpec(
-            backend=backend,
-            dtype=dtype,
-            chunked_prefill=chunked_prefill,
-            bs1=bs1,
-            prefix_caching=prefix_caching,
-            max_model_len=max_model_len,
-            tensor_parallel=tensor_parallel,
-        ),
+        engine=engine,
         harness_version=HARNESS_VERSION,
         versions=_versions(),
     )
-    return RunPlan(spec=spec, checkpoint=checkpoint, benches=plans)
-
-
-def spec_key(spec: RunSpec) -> str:
-    """Short hash of what makes a run itself: the contract plus the model."""
-    fields = list(iter_contract(spec)) + [("model_fingerprint", spec.model_fingerprint)]
-    return hashlib.sha256(msgspec.json.encode(fields)).hexdigest()[:8]
+    return RunPlan(spec=spec, checkpoint=checkpoint, benches=plans, load_notes=list(bench_data.LOAD_NOTES))
 
 
 def default_run_dir(spec: RunSpec) -> Path:
     mode = "think" if spec.think else "nothink"
-    return Path("runs") / f"{spec.model}-{spec.tier}-{mode}-s{spec.seed}-{spec_key(spec)}"
+    return Path("runs") / f"{spec.model}-{spec.tier}-{mode}-s{spec.seed}-{run_key(spec)}"
 
 
-def prepare_run_dir(run_dir: Path, spec: RunSpec) -> None:
+def prepare_run_dir(run_dir: Path, spec: RunSpec, notes: list[str] = ()) -> None:
     """Create the run dir, or check that an existing one holds this very run (then we resume)."""
+    _prepare_run_dir(run_dir, spec)
+    for message in notes:
+        append_note(run_dir, "dropped_rows", message)
+
+
+def _prepare_run_dir(run_dir: Path, spec: RunSpec) -> None:
     spec_path = run_dir / SPEC_FILE
     if spec_path.is_file():
-        old = read_spec(run_dir)
-        old_fields = dict(iter_contract(old)) | {"model_fingerprint": old.model_fingerprint}
-        new_fields = dict(iter_contract(spec)) | {"model_fingerprint": spec.model_fingerprint}
-        changed = [k for k in sorted(set(old_fields) | set(new_fields)) if old_fields.get(k) != new_fields.get(k)]
+        changed = resume_diff(read_spec(run_dir), spec)
         if changed:
             first = changed[0]
+            more = f", +{len(changed) - 1} more" if len(changed) > 1 else ""
             raise UserError(
-                f"{run_dir} holds a run of another spec ({first}: {old_fields.get(first)!r} there vs "
-                f"{new_fields.get(first)!r} now{f', +{len(changed) - 1} more' if len(changed) > 1 else ''}); "
-                f"choose another --out"
+                f"{run_dir} holds a run of another spec ({first.field}: {first.baseline!r} there vs "
+                f"{first.candidate!r} now{more}); choose another --out"
             )
         return
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -197,131 +213,213 @@ def _reasoning_tokens(tokenizer, reasoning: str) -> int:
     return len(tokenizer.encode(reasoning, add_special_tokens=False)) if reasoning else 0
 
 
+BackendOpener = Callable[[], Awaitable[Backend]]
+
+
 async def execute(
     plan: RunPlan,
     run_dir: Path,
+    backend: Backend | BackendOpener,
     *,
     concurrency: int,
-    kv_cache_gib: float | None = None,
     baseline: Run | None = None,
     alpha: float = 0.05,
 ) -> None:
     """Generate and score every (item, sample) not yet on disk; records are appended as they finish.
 
-    With a baseline (--early-stop) a bench stops taking new items once its degradation is certain.
+    `backend` is a started backend (the caller closes it) or a coroutine function that starts one
+    (started only if work is left, closed here). All benches feed one queue, so the engine never
+    drains between benches. With a baseline (--early-stop) a bench stops taking new items once its
+    degradation is certain.
     """
     spec = plan.spec
     lock = RunLock(run_dir)
     writers: dict[str, RecordWriter] = {}
-    backend = None
+    opened: Backend | None = None
     try:
         pending: dict[str, list[tuple[Item, int]]] = {}
         for name, bench in plan.benches.items():
             writers[name] = RecordWriter(records_path(run_dir, name))
             pending[name] = [
-                (item, k)
-                for item in bench.items
-                for k in range(bench.samples)
-                if (item.id, k) not in writers[name].done
+                (item, k) for item in bench.items for k in range(bench.samples) if (item.id, k) not in writers[name].done
             ]
         monitors: dict[str, sequential.Monitor] = {}
         if baseline is not None:
-            monitors = sequential.start(plan, run_dir, baseline, alpha, {n: w.existing for n, w in writers.items()})
+            by_bench = {
+                name: (next(b for b in spec.benches if b.name == name), [item.id for item in bench.items])
+                for name, bench in plan.benches.items()
+            }
+            monitors = sequential.start(run_dir, by_bench, spec.seed, baseline, alpha, {n: w.existing for n, w in writers.items()})
             for name, monitor in monitors.items():
-                pending[name] = [] if monitor.stopped else monitor.sort_pending(pending[name])
+                pending[name] = (
+                    []
+                    if monitor.stopped
+                    else sorted(pending[name], key=lambda job, m=monitor: (m.order_of(job[0].id), job[1]))
+                )
         if not any(pending.values()):
             print(f"{run_dir}: all items already done", file=sys.stderr)
             return
-        tokenizer = load_tokenizer(plan.checkpoint) if spec.think else None
-        t0 = time.monotonic()
-        backend = await open_backend(
-            plan.checkpoint, spec.engine, seed=spec.seed, concurrency=concurrency, kv_cache_gib=kv_cache_gib
-        )
-        print(f"{spec.engine.backend} engine ready in {time.monotonic() - t0:.0f}s", file=sys.stderr)
-        for name, bench in plan.benches.items():
-            if pending[name]:
-                await _run_bench(
-                    name, bench, pending[name], writers[name], backend, spec, concurrency, tokenizer,
-                    monitor=monitors.get(name), run_dir=run_dir,
-                )
+        if not hasattr(backend, "generate"):
+            t0 = time.monotonic()
+            opened = await backend()  # type: ignore[operator]
+            backend = opened
+            print(f"{backend_name(spec.engine)} engine ready in {time.monotonic() - t0:.0f}s", file=sys.stderr)
+        tokenizer = load_tokenizer(plan.checkpoint) if spec.think and plan.checkpoint is not None else None
+        await _run_benches(plan, pending, writers, backend, concurrency, tokenizer, monitors, run_dir)
     finally:
         for writer in writers.values():
             writer.close()
-        if backend is not None:
-            await backend.close()
+        if opened is not None:
+            await opened.close()
         lock.release()
 
 
-async def _run_bench(
-    name, bench: BenchPlan, pending, writer: RecordWriter, backend, spec: RunSpec, concurrency, tokenizer,
-    monitor: sequential.Monitor | None = None, run_dir: Path | None = None,
-):
-    total = len(bench.items) * bench.samples
-    done = [r for r in writer.existing]
-    correct = sum(r.score for r in done)
-    truncated = sum(r.truncated for r in done)
-    count = len(done)
-    gate = asyncio.Semaphore(max(1, concurrency))
-    stopped = asyncio.Event()  # set by --early-stop: items not yet started are skipped
-    # In a log file (CI) a bar redrawn ten times a second is noise: redraw rarely there.
-    bar = tqdm(
-        total=total, initial=total - len(pending), desc=f"{name:<8}", unit="it", file=sys.stderr,
-        dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 15,
-    )
+class _Progress:
+    """One bar per bench, with live accuracy and truncation."""
 
-    async def one(item: Item, k: int) -> None:
-        nonlocal correct, truncated, count
-        async with gate:
-            if stopped.is_set():
-                return
-            ids = bench.prompts[item.id]
-            seed = sample_seed(spec.seed, name, item.id, k)
-            started = time.monotonic()
-            result = await backend.generate(
-                GenRequest(request_id=f"{name}-{item.id}-{k}", prompt_token_ids=ids, sampling=spec.sampling, max_tokens=bench.max_tokens, seed=seed)
-            )
-            latency = time.monotonic() - started
-        is_truncated = result.finish_reason == "length"
-        reasoning, answer_text = split_reasoning(result.text, spec.think, is_truncated)
-        if answer_text is None:
-            scored = bench_registry.Scored(answer=None, score=0.0, extra={"cut_in_reasoning": True})
+    def __init__(self, name: str, total: int, done: list[ItemRecord], position: int):
+        self.correct = sum(r.score for r in done)
+        self.truncated = sum(r.truncated for r in done)
+        self.count = len(done)
+        self.errors = 0
+        self.started_with = len(done)
+        # In a log file (CI) a bar redrawn ten times a second is noise: redraw rarely there.
+        self.bar = tqdm(
+            total=total, initial=len(done), desc=f"{name:<8}", unit="it", file=sys.stderr, position=position,
+            dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 15,
+        )  # fmt: skip
+
+    def add(self, record: ItemRecord) -> None:
+        if record.error is not None:
+            self.errors += 1
         else:
-            # Scoring may be slow (sandboxed code, symbolic math): keep it off the event loop.
-            scored = await asyncio.to_thread(bench.module.score, item, answer_text)
-        record = ItemRecord(
-            item_id=item.id,
-            sample=k,
-            seed=seed,
-            prompt_hash=prompt_hash(ids),
-            completion=result.text,
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
-            finish_reason=result.finish_reason,
-            truncated=is_truncated,
-            answer=scored.answer,
-            score=scored.score,
-            latency_s=round(latency, 3),
-            reasoning_tokens=_reasoning_tokens(tokenizer, reasoning) if tokenizer else 0,
-            category=item.category,
-            extra=scored.extra,
-        )
-        writer.append(record)
-        if monitor is not None and monitor.add(record):
-            stopped.set()
-            sequential.note_stop(run_dir, name, monitor)
-        correct += scored.score
-        truncated += is_truncated
-        count += 1
-        bar.set_postfix_str(f"acc {100 * correct / count:.1f}% trunc {100 * truncated / count:.1f}%", refresh=False)
-        bar.update()
+            self.correct += record.score
+            self.truncated += record.truncated
+            self.count += 1
+        n = max(self.count, 1)
+        errors = f" errors {self.errors}" if self.errors else ""
+        self.bar.set_postfix_str(f"acc {100 * self.correct / n:.1f}% trunc {100 * self.truncated / n:.1f}%{errors}", refresh=False)
+        self.bar.update()
 
+
+async def _run_benches(
+    plan: RunPlan,
+    pending: dict[str, list[tuple[Item, int]]],
+    writers: dict[str, RecordWriter],
+    backend: Backend,
+    concurrency: int,
+    tokenizer,
+    monitors: dict[str, sequential.Monitor],
+    run_dir: Path,
+) -> None:
+    spec = plan.spec
+    gate = asyncio.Semaphore(max(1, concurrency))
+    stopped = {name: asyncio.Event() for name in plan.benches}  # set by --early-stop
+    progress = {
+        name: _Progress(name, len(bench.items) * bench.samples, writers[name].existing, position)
+        for position, (name, bench) in enumerate(plan.benches.items())
+    }
+    remaining = {name: len(jobs) for name, jobs in pending.items()}
     started = time.monotonic()
+
+    async def one(name: str, item: Item, k: int) -> None:
+        bench = plan.benches[name]
+        async with gate:
+            if stopped[name].is_set():
+                return
+            seed = sample_seed(spec.seed, name, item.id, k)
+            session = Session(
+                backend,
+                request_id=f"{name}-{item.id}-{k}",
+                sampling=spec.sampling,
+                think=spec.think,
+                max_tokens=bench.max_tokens,
+                seed=seed,
+                planned_prompt_ids=bench.prompts.get(item.id),
+            )
+            t0 = time.monotonic()
+            try:
+                episode = await solver_of(bench.module)(item, session)
+            except BackendError as exc:
+                episode = None
+                error = str(exc)
+            latency = time.monotonic() - t0
+        if episode is None:
+            record = ItemRecord(
+                item_id=item.id, sample=k, seed=seed, prompt_hash=session.first_prompt_hash or "", completion="",
+                prompt_tokens=0, completion_tokens=0, finish_reason="error", truncated=False, answer=None, score=0.0,
+                latency_s=round(latency, 3), category=item.category, error=error,
+            )  # fmt: skip
+        else:
+            voting = per_item_rule(bench.module) == "majority"
+            record = await _score(bench.module, item, k, seed, episode, spec.think, tokenizer, latency, voting)
+        writers[name].append(record)
+        progress[name].add(record)
+        monitor = monitors.get(name)
+        if monitor is not None and record.error is None and monitor.add(record):
+            stopped[name].set()
+            sequential.note_stop(run_dir, name, monitor)
+        remaining[name] -= 1
+        if remaining[name] == 0:
+            done = progress[name].count - progress[name].started_with
+            print(f"\n{name}: {done} completions in {time.monotonic() - started:.1f}s", file=sys.stderr)
+
+    # Bench by bench into one queue: the tail of one bench overlaps the start of the next.
+    jobs = [one(name, item, k) for name, items in pending.items() for item, k in items]
     try:
-        await asyncio.gather(*(one(item, k) for item, k in pending))
+        await asyncio.gather(*jobs)
+    except EndpointDown as exc:
+        done = sum(p.count for p in progress.values())
+        total = sum(len(b.items) * b.samples for b in plan.benches.values())
+        raise EngineFailed(f"{exc}: {done} of {total} done; restart the server and rerun the same command to resume") from exc
     finally:
-        bar.close()
-    elapsed = time.monotonic() - started
-    print(f"{name}: {count - len(done)} completions in {elapsed:.1f}s", file=sys.stderr)
+        for p in progress.values():
+            p.bar.close()
+    errors = sum(p.errors for p in progress.values())
+    if errors:
+        message = f"{errors} request(s) failed for good and are recorded as errors (not as wrong answers); rerun to retry them"
+        print(f"warning: {message}", file=sys.stderr)
+        append_note(run_dir, "errors", message)
+
+
+async def _score(
+    module: ModuleType, item: Item, k: int, seed: int, episode, think: bool, tokenizer, latency: float, voting: bool
+) -> ItemRecord:
+    is_truncated = episode.finish_reason == "length"
+    reasoning, answer_text = split_reasoning(episode.text, think, is_truncated)
+    if answer_text is None:
+        scored = bench_registry.Scored(answer=None, score=0.0, extra={"cut_in_reasoning": True})
+    else:
+        try:
+            # Scoring may be slow (sandboxed code, symbolic math): keep it off the event loop.
+            scored = await asyncio.to_thread(module.score, item, answer_text)
+        except Exception as exc:  # a scorer bug on one completion must not end (or re-crash) a run
+            scored = bench_registry.Scored(answer=None, score=0.0, extra={"scorer_error": f"{type(exc).__name__}: {exc}"[:500]})
+    if episode.reasoning_tokens is not None:
+        reasoning_tokens = episode.reasoning_tokens
+    else:
+        reasoning_tokens = _reasoning_tokens(tokenizer, reasoning) if tokenizer else 0
+    return ItemRecord(
+        item_id=item.id,
+        sample=k,
+        seed=seed,
+        prompt_hash=episode.prompt_hash,
+        completion=episode.text,
+        prompt_tokens=episode.prompt_tokens,
+        completion_tokens=episode.completion_tokens,
+        finish_reason=episode.finish_reason,
+        truncated=is_truncated,
+        answer=scored.answer,
+        score=scored.score,
+        latency_s=round(latency, 3),
+        reasoning_tokens=reasoning_tokens,
+        category=item.category,
+        extra=scored.extra,
+        scores=scored.scores,
+        vote_key=(scored.vote_key if scored.vote_key is not None else scored.answer) if voting else None,
+        turns=episode.turns,
+        stop_reason=episode.stop_reason,
+    )
 
 
 def run_event_loop(coro):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from engine.errors import UserError
-from engine.records import SamplingConfig
+from engine.spec import SamplingConfig
 
 PRESETS: dict[str, SamplingConfig] = {
     # Qwen3 / Qwen3.5 model cards.

@@ -20,17 +20,14 @@ import os
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import msgspec
 
 from engine import stats
 from engine.errors import UserError
+from engine.pairing import item_value_fn, per_item_values
 from engine.records import ItemRecord, Run
-
-if TYPE_CHECKING:
-    from benches import Item
-    from engine.runner import RunPlan
+from engine.spec import BenchSpec
 
 EARLY_STOP_FILE = "early_stop.json"
 SHARE = 0.25  # of each bench's Holm level, spent on the early looks; the end-of-run look gets the rest
@@ -156,16 +153,22 @@ class Monitor:
     def result(self) -> BenchStop:
         return BenchStop(stopped=self.stopped, after_items=self.next, discordant=self.discordant, losses=self.losses)
 
-    def sort_pending(self, pending: list[tuple[Item, int]]) -> list[tuple[Item, int]]:
-        """Submit in design order, so the complete prefix (what the test may look at) grows steadily."""
-        return sorted(pending, key=lambda job: (order_key(self.seed, self.bench, job[0].id), job[1]))
+    def order_of(self, item_id: str) -> bytes:
+        """Design-order key: the runner submits in this order, so the complete prefix (what the test
+        may look at) grows steadily."""
+        return order_key(self.seed, self.bench, item_id)
 
 
-def start(plan: RunPlan, run_dir: Path, baseline: Run, alpha: float, existing: dict[str, list[ItemRecord]]) -> dict[str, Monitor]:
-    """Fix (or, on resume, reread) the design and return one monitor per bench, fed the records
-    already on disk."""
-    from engine.compare import item_value_fn, per_item_values
-
+def start(
+    run_dir: Path,
+    benches: dict[str, tuple[BenchSpec, list[str]]],
+    seed: int,
+    baseline: Run,
+    alpha: float,
+    existing: dict[str, list[ItemRecord]],
+) -> dict[str, Monitor]:
+    """Fix (or, on resume, reread) the design for `benches` (name -> its spec and item ids) and return
+    one monitor per bench, fed the records already on disk."""
     design = read_design(run_dir)
     if design is None:
         if any(existing.values()):
@@ -175,24 +178,25 @@ def start(plan: RunPlan, run_dir: Path, baseline: Run, alpha: float, existing: d
             )
         design = EarlyStopDesign(
             alpha=alpha,
-            family=len(plan.benches),
+            family=len(benches),
             share=SHARE,
             prior_a=stats.SEQUENTIAL_PRIOR_A,
-            seed=plan.spec.seed,
-            benches={name: BenchStop() for name in plan.benches},
+            seed=seed,
+            benches={name: BenchStop() for name in benches},
         )
         write_design(run_dir, design)
     monitors: dict[str, Monitor] = {}
-    for name, bench in plan.benches.items():
+    for name, (bench, item_ids) in benches.items():
         if name not in design.benches:
             continue
+        base_bench = next((b for b in baseline.spec.benches if b.name == name), bench)
         monitor = Monitor(
             name,
             design.seed,
-            [item.id for item in bench.items],
-            per_item_values(name, baseline.records.get(name, [])),
+            item_ids,
+            per_item_values(base_bench, baseline.records.get(name, [])),
             bench.samples,
-            item_value_fn(name),
+            item_value_fn(bench.per_item),
             design.alpha_seq,
             design.prior_a,
         )

@@ -6,5 +6,5 @@
     metrics.py  KL, top-1 agreement, Δp, PPL ratio, per-source breakdown
     run.py      build_reference / score_candidate on the hf or vllm backend
 
-The per-row kernel is bench_kernels/kl_kernel.py; the in-engine vLLM hook is engine/backends/vllm_logits.py.
+The per-row kernel is probes/kl_kernel.py; the in-engine vLLM hook is engine/backends/vllm_logits.py.
 """

@@ -12,6 +12,8 @@ import math
 import msgspec
 import numpy as np
 
+PROBE_FILE = "probe.json"  # the tier-0 panel of a run, in its run directory
+
 
 class Summary(msgspec.Struct, kw_only=True):
     n_positions: int

@@ -3,7 +3,7 @@
 Two jobs, both returning small per-row numpy arrays, never logits:
   BuildJob  the baseline side: its top-K bins per row, and the storage floor (KL of the rounded,
             stored bins against the live row)
-  ScoreJob  the candidate side: per-row statistics against the stored bins (bench_kernels.kl_kernel)
+  ScoreJob  the candidate side: per-row statistics against the stored bins (probes.kl_kernel)
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import msgspec
 import numpy as np
 import torch
 
-from bench_kernels.kl_kernel import row_stats, topk_reference
+from probes.kl_kernel import row_stats, topk_reference
 
 
 class BuildJob(msgspec.Struct, kw_only=True):

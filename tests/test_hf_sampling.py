@@ -3,7 +3,7 @@
 import torch
 
 from engine.backends.hf_backend import _sample_row
-from engine.records import SamplingConfig
+from engine.spec import SamplingConfig
 
 
 def draws(logits, sampling, n=400, seen=None):

@@ -12,6 +12,7 @@ from conftest import need_shared_data
 
 from benches import Item, aime_2026, hmmt_feb_2026, math_answer, split_reasoning
 from engine.errors import UserError
+from engine.pairing import majority_value
 from engine.records import ItemRecord
 
 pytest.importorskip("math_verify", reason="math-verify is not installed (pip install math-verify)")
@@ -83,46 +84,53 @@ def test_checks_from_many_threads():
 
 
 def _records(answers: list[str | None], gold: str) -> list[ItemRecord]:
+    """One item's samples as the runner records them: score and vote key from score_boxed."""
     records = []
     for sample, answer in enumerate(answers):
-        score = 0.0 if answer is None else math_answer.check(gold, answer).equal
+        scored = math_answer.score_boxed(gold, "no box" if answer is None else f"\\boxed{{{answer}}}")
         records.append(
             ItemRecord(
                 item_id="1", sample=sample, seed=100 + sample, prompt_hash="h", completion="", prompt_tokens=1,
-                completion_tokens=1, finish_reason="stop", truncated=answer is None, answer=answer,
-                score=float(score), latency_s=0.0,
+                completion_tokens=1, finish_reason="stop", truncated=answer is None, answer=scored.answer,
+                score=scored.score, latency_s=0.0, vote_key=scored.vote_key,
             )
         )
     return records[::-1]  # voting must not depend on the order records were written in
 
 
+def test_benches_vote_by_majority():
+    assert aime_2026.PER_ITEM == hmmt_feb_2026.PER_ITEM == "majority"
+    assert aime_2026.SCORING_VERSIONS == {"math_answer": math_answer.VERSION}
+
+
 def test_majority_by_equivalence_classes():
     records = _records([r"\frac{1}{2}", "7", "0.5", "3"], gold="0.5")
-    classes = math_answer.votes(records)
-    assert [(c.answer, c.samples) for c in classes] == [(r"\frac{1}{2}", [0, 2]), ("7", [1]), ("3", [3])]
-    assert math_answer.aggregate(records) == 1.0
-    assert aime_2026.aggregate is math_answer.aggregate and hmmt_feb_2026.aggregate is math_answer.aggregate
+    assert len({r.vote_key for r in records}) == 3  # 1/2 and 0.5 vote together
+    assert majority_value(records) == 1.0
+
+
+def test_wrong_answers_spelled_differently_vote_together():
+    records = _records([r"\frac{1}{3}", "5", "1/3", "7"], gold="5")
+    assert majority_value(records) == 0.0
 
 
 def test_majority_wrong_even_when_one_sample_is_right():
     records = _records(["12", "12", "5", "12"], gold="5")
-    assert math_answer.majority(records).answer == "12"
-    assert math_answer.aggregate(records) == 0.0
+    assert majority_value(records) == 0.0
     assert sum(r.score for r in records) / len(records) == 0.25  # avg@4 still sees the one right sample
 
 
-def test_majority_tie_goes_to_the_first_seen():
-    assert math_answer.aggregate(_records(["5", "9", "9", "5"], gold="5")) == 1.0
-    assert math_answer.aggregate(_records(["9", "5", "5", "9"], gold="5")) == 0.0
+def test_majority_tie_is_the_mean_of_the_tied_answers():
+    # Not "whatever sample 0 said": the expected value of breaking the tie at random.
+    assert majority_value(_records(["5", "9", "9", "5"], gold="5")) == 0.5
+    assert majority_value(_records(["9", "5", "5", "9"], gold="5")) == 0.5
 
 
-def test_no_answer_is_a_vote_too():
-    # A sample without a box (or cut off) votes for "no answer", which is wrong.
-    records = _records([None, "5", None, "6"], gold="5")
-    assert math_answer.majority(records).answer is None
-    assert math_answer.aggregate(records) == 0.0
-    assert math_answer.aggregate(_records([None, "5", "5", None], gold="5")) == 0.0  # tie: no-answer came first
-    assert math_answer.aggregate(_records(["5", None, None, "5"], gold="5")) == 1.0
+def test_no_answer_does_not_vote():
+    assert majority_value(_records([None, "5", None, "6"], gold="5")) == 0.5  # 5 vs 6, one vote each
+    assert majority_value(_records([None, "5", "5", None], gold="5")) == 1.0
+    assert majority_value(_records([None, None, None, "6"], gold="5")) == 0.0
+    assert majority_value(_records([None, None, None, None], gold="5")) == 0.0
 
 
 def test_truncated_in_reasoning_is_never_parsed():

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench_kernels import kl_kernel
+from probes import kl_kernel
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,7 +86,7 @@ import sys, torch
 sys.path.insert(0, sys.argv[1])
 sys.path.insert(0, sys.argv[1] + "/tests")
 from test_probe_kernel import _case, _check
-from bench_kernels import kl_kernel
+from probes import kl_kernel
 for seed in (0, 1):
     cand, ref, targets = _case(seed, n=8, vocab=2500)
     got = kl_kernel.row_stats_triton(cand, ref["ids"], ref["logprobs"], ref["log_tail"], targets)

@@ -21,16 +21,13 @@ from engine import compare, report, sequential, stats
 from engine.__main__ import main
 from engine.records import (
     SPEC_FILE,
-    BenchSpec,
-    EngineSpec,
     ItemRecord,
     RecordWriter,
-    RunSpec,
-    SamplingConfig,
     encode_spec,
     read_run,
     records_path,
 )
+from engine.spec import BenchSpec, RunSpec, SamplingConfig, VllmEngine
 
 
 def _spec(model: str, benches: dict[str, tuple[int, int, dict[str, int]]], think: bool = False) -> RunSpec:
@@ -50,9 +47,7 @@ def _spec(model: str, benches: dict[str, tuple[int, int, dict[str, int]]], think
             )
             for name, (n, samples, sizes) in benches.items()
         ),
-        engine=EngineSpec(
-            backend="vllm", dtype="bfloat16", chunked_prefill=False, bs1=False, prefix_caching=False, max_model_len=256
-        ),
+        engine=VllmEngine(dtype="bfloat16", chunked_prefill=False, bs1=False, prefix_caching=False, max_model_len=256),
     )
 
 
@@ -288,6 +283,7 @@ class _FakeResult(msgspec.Struct):
     prompt_tokens: int = 5
     completion_tokens: int = 3
     token_ids: list[int] = []
+    reasoning_tokens: int | None = None
 
 
 class _WrongBackend:
@@ -312,9 +308,9 @@ def test_runner_stops_a_degraded_bench_early(tmp_path, monkeypatch, tiny_model):
 
     plan = runner.plan_run(
         model="smollm2-135m", tier="smoke", bench_names=["arith"], think=False, seed=0, samples=1,
-        sampling=SamplingConfig(preset="greedy", temperature=0.0), max_tokens=None, backend="vllm",
-        dtype="bfloat16", chunked_prefill=False, bs1=False, prefix_caching=False, tensor_parallel=1,
-        max_model_len=256, data_dir=None,
+        sampling=SamplingConfig(preset="greedy", temperature=0.0), max_tokens=None,
+        engine=VllmEngine(dtype="bfloat16", chunked_prefill=False, bs1=False, prefix_caching=False, max_model_len=256),
+        data_dir=None,
     )
     # A baseline that answered every item right.
     base_dir = tmp_path / "base"
@@ -324,14 +320,9 @@ def test_runner_stops_a_degraded_bench_early(tmp_path, monkeypatch, tiny_model):
         writer.append(_record(item.id, 1.0, category=item.category))
     writer.close()
     fake = _WrongBackend()
-
-    async def open_fake(*args, **kwargs):
-        return fake
-
-    monkeypatch.setattr(runner, "open_backend", open_fake)
     cand_dir = tmp_path / "cand"
     runner.prepare_run_dir(cand_dir, plan.spec)
-    asyncio.run(runner.execute(plan, cand_dir, concurrency=4, baseline=read_run(base_dir), alpha=0.05))
+    asyncio.run(runner.execute(plan, cand_dir, fake, concurrency=4, baseline=read_run(base_dir), alpha=0.05))
     design = sequential.read_design(cand_dir)
     stop = design.benches["arith"]
     assert stop.stopped and stop.losses == stop.discordant

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from engine.backends import GenRequest, GenResult
-from engine.records import EngineSpec, SamplingConfig
+import msgspec
+
+from engine.backends.protocol import GenRequest, GenResult, request_prompt_ids
+from engine.spec import HfEngine, SamplingConfig
 
 _DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16", "float32": "float32", "fp32": "float32", "auto": "auto"}
 
@@ -59,7 +61,7 @@ class HfBackend:
         self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self._eos))
 
     @classmethod
-    async def start(cls, checkpoint: Path, spec: EngineSpec, *, seed: int, concurrency: int) -> HfBackend:
+    async def start(cls, checkpoint: Path, spec: HfEngine, *, seed: int, concurrency: int) -> HfBackend:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -74,6 +76,8 @@ class HfBackend:
         return cls(model, tokenizer, device, spec.max_model_len, 1 if spec.bs1 else max(1, min(concurrency, 16)))
 
     async def generate(self, request: GenRequest) -> GenResult:
+        if request.prompt_token_ids is None:
+            request = msgspec.structs.replace(request, prompt_token_ids=request_prompt_ids(self._tokenizer, request))
         future = asyncio.get_running_loop().create_future()
         await self._queue.put((request, future))
         return await future

