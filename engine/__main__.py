@@ -55,6 +55,9 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--served-model", default=None, help="--backend openai: model id on the server (default: the one it serves)")
     p.add_argument("--dtype", default="bfloat16", help="weights/activations dtype (bfloat16 = bf16, float16, float32)")
     p.add_argument("--tp", type=int, default=1, help="tensor parallel size (vllm)")
+    p.add_argument("--engine-core", default="auto", choices=["auto", "process", "inline"],
+                   help="vllm: engine core in a child process (AsyncLLM), inline in this process (LLMEngine stepped "
+                   "by a thread), or auto = inline on CPU builds, process on GPUs")
     p.add_argument("--chunked-prefill", action="store_true", help="enable chunked prefill (off by default: reproducibility)")
     p.add_argument("--prefix-caching", action="store_true", help="enable prefix caching (off by default)")
     p.add_argument("--bs1", action="store_true", help="batch size 1 (max_num_seqs=1): determinism-grade, slow")
@@ -183,7 +186,18 @@ def _engine_spec(args):
         prefix_caching=args.prefix_caching,
         max_model_len=max_model_len,
         tensor_parallel=args.tp,
+        engine_core=_engine_core(args.engine_core, args.tp),
     )
+
+
+def _engine_core(choice: str, tensor_parallel: int) -> str:
+    """The engine core `auto` stands for here, so the run records what actually ran."""
+    try:
+        from engine.backends.vllm_backend import resolve_engine_core
+
+        return resolve_engine_core(choice, tensor_parallel)
+    except ImportError:  # no vLLM here: the backend says so when it starts
+        return choice
 
 
 def _probe_tier0(args, run_dir: Path) -> int:

@@ -312,11 +312,9 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 
 
 def _forget_vllm_env_cache() -> None:
-    # With VLLM_ENABLE_V1_MULTIPROCESSING=0 the engine core runs in this process and vLLM caches its
-    # environment variables after the first engine: a later engine would not see ours.
-    envs = sys.modules.get("vllm.envs")
-    if envs is not None and hasattr(envs, "disable_envs_cache"):
-        envs.disable_envs_cache()
+    from engine.backends.vllm_backend import forget_vllm_env_cache
+
+    forget_vllm_env_cache()
 
 
 # ---------------------------------------------------------------- running

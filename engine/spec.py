@@ -76,6 +76,9 @@ class VllmEngine(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     # Scheduler token budget per step with chunked prefill (None: vLLM's default). The determinism
     # experiment sets it small so that short prompts are really split into chunks.
     max_num_batched_tokens: int | None = None
+    # Where the engine core runs: "process" (AsyncLLM's child process), "inline" (LLMEngine in this
+    # process, stepped by a thread) or "auto" (inline on CPU builds).
+    engine_core: str = "auto"
 
 
 class HfEngine(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="hf", tag_field="backend"):
@@ -208,6 +211,9 @@ ROLES: dict[type, dict[str, str]] = {
         # Another reduction order across ranks: outputs can differ.
         "tensor_parallel": CONTRACT,
         "max_num_batched_tokens": CONTRACT,  # decides how prompts are split into chunks
+        # The same scheduler, sampler and seeds either way (tests/test_e2e_engine.py checks equal
+        # float32 records); only speed differs.
+        "engine_core": INFORMATIVE,
     },
     HfEngine: {
         "backend": CONTRACT,
