@@ -15,6 +15,7 @@ import pytest
 from conftest import ROOT, run_cli
 
 from engine.records import read_run
+from engine.spec import backend_name
 
 pytestmark = pytest.mark.heavy
 
@@ -34,7 +35,7 @@ def base_run(tiny_model, tmp_path_factory):
 
 def test_vllm_run_writes_spec_and_records(base_run):
     run = read_run(base_run)
-    assert run.spec.engine.backend == "vllm" and run.spec.engine.chunked_prefill is False
+    assert backend_name(run.spec.engine) == "vllm" and run.spec.engine.chunked_prefill is False
     assert run.spec.sampling.preset == "qwen-nothink" and run.spec.sampling.presence_penalty == 1.5
     records = run.records["arith"]
     assert len(records) == 150 == len({r.item_id for r in records})
@@ -117,7 +118,22 @@ def test_hf_backend_end_to_end(tiny_model, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     run = read_run(tmp_path / "hf")
     records = run.records["arith"]
-    assert run.spec.engine.backend == "hf"
+    assert backend_name(run.spec.engine) == "hf"
     assert len(records) == 24
     assert any(r.score == 1.0 for r in records) and any(r.score == 0.0 for r in records)
     assert all(r.completion_tokens <= 128 for r in records)
+
+
+@pytest.mark.heavy
+def test_inline_and_process_engine_cores_give_identical_records(tiny_model, tmp_path):
+    # float32 greedy and sampled: the same scheduler, sampler and seeds in either place.
+    common = ["--model", "smollm2-135m", "--benches", "arith", "--tier", "full", "--limit", "16", "--dtype", "float32",
+              "--baseline", "none", "-c", "8", "--max-tokens", "48"]  # fmt: skip
+    runs = {}
+    for core in ("inline", "process"):
+        proc = run_cli(*common, "--engine-core", core, "--out", str(tmp_path / core))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[core] = read_run(tmp_path / core)
+        assert runs[core].spec.engine.engine_core == core
+    key = lambda r: (r.item_id, r.completion, r.completion_tokens, r.score)  # noqa: E731
+    assert sorted(map(key, runs["inline"].records["arith"])) == sorted(map(key, runs["process"].records["arith"]))
