@@ -76,6 +76,10 @@ def _run_parser() -> argparse.ArgumentParser:
                    "(sequential test against the baseline, which must be known before the run)")
     p.add_argument("--probe", type=Path, default=None, help="tier 0: KL probe against this reference (file or dir) before the benches "
                    "(default: the one stored in --baseline DIR, if any)")
+    p.add_argument("--dry-run", action="store_true", help="print requests, prompt tokens, caps and a wall-time estimate "
+                   "per bench, then stop (nothing is run or written)")
+    p.add_argument("--calibrate", action="store_true", help="with --dry-run: measure throughput on this machine "
+                   "(starts the engine for 16 requests)")
     p.add_argument("--probe-gate", type=float, default=None, metavar="KL", help="stop before the benches when the probe's mean KL exceeds KL")
     return p
 
@@ -120,11 +124,6 @@ def cmd_run(argv: list[str]) -> int:
         limit=args.limit,
     )
     run_dir = args.out or runner.default_run_dir(plan.spec)
-    runner.prepare_run_dir(run_dir, plan.spec, plan.load_notes)
-    print(f"run dir: {run_dir}", file=sys.stderr)
-    if _probe_tier0(args, run_dir) == EXIT_DEGRADED:
-        return EXIT_DEGRADED
-    early_base = _early_stop_baseline(args, plan, run_dir, waive) if args.early_stop else None
 
     async def start_backend():
         from engine.backends import open_backend
@@ -133,6 +132,13 @@ def cmd_run(argv: list[str]) -> int:
             plan.spec.engine, checkpoint=plan.checkpoint, seed=args.seed, concurrency=args.concurrency, kv_cache_gib=args.kv_cache_gib
         )
 
+    if args.dry_run:
+        return _dry_run(args, plan, run_dir, waive, start_backend)
+    runner.prepare_run_dir(run_dir, plan.spec, plan.load_notes)
+    print(f"run dir: {run_dir}", file=sys.stderr)
+    if _probe_tier0(args, run_dir) == EXIT_DEGRADED:
+        return EXIT_DEGRADED
+    early_base = _early_stop_baseline(args, plan, run_dir, waive) if args.early_stop else None
     runner.run_event_loop(
         runner.execute(plan, run_dir, start_backend, concurrency=args.concurrency, baseline=early_base, alpha=args.alpha)
     )
@@ -142,6 +148,31 @@ def cmd_run(argv: list[str]) -> int:
         print(f"{resolved.message}: records are in {run_dir}")
         return EXIT_OK
     return _compare_and_print(resolved.run, cand, args.alpha, waive, args.json)
+
+
+def _dry_run(args, plan, run_dir: Path, waive: tuple[str, ...], start_backend) -> int:
+    from engine import baselines, runner
+    from engine.errors import NotComparable
+    from engine.records import Run
+
+    planned = Run(dir=Path(run_dir), spec=plan.spec, records={})
+    try:
+        base = baselines.resolve_baseline(args.baseline, planned, _model_names(planned), waive).run
+    except NotComparable:
+        base = None  # the estimate then uses the caps
+    rate = None
+    if args.calibrate:
+
+        async def measure():
+            backend = await start_backend()
+            try:
+                return await runner.calibrate(plan, backend, args.concurrency)
+            finally:
+                await backend.close()
+
+        rate = runner.run_event_loop(measure())
+    print(runner.dry_run(plan, base, rate))
+    return EXIT_OK
 
 
 def _waivers(allow_differ: str) -> tuple[str, ...]:

@@ -179,6 +179,7 @@ class RecordWriter:
         # Error records are not done: a rerun retries them.
         self.done: set[tuple[str, int]] = {(r.item_id, r.sample) for r in existing if r.error is None}
         self.existing = [r for r in existing if r.error is None]
+        self.appended: list[ItemRecord] = []  # written by this writer (this session of the run)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def append(self, record: ItemRecord) -> None:
@@ -191,6 +192,7 @@ class RecordWriter:
         os.fsync(self._fd)
         if record.error is None:
             self.done.add(key)
+        self.appended.append(record)
 
     def close(self) -> None:
         os.close(self._fd)

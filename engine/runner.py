@@ -375,11 +375,110 @@ async def _run_benches(
     finally:
         for p in progress.values():
             p.bar.close()
+    _append_timing(run_dir, writers, started, concurrency)
     errors = sum(p.errors for p in progress.values())
     if errors:
         message = f"{errors} request(s) failed for good and are recorded as errors (not as wrong answers); rerun to retry them"
         print(f"warning: {message}", file=sys.stderr)
         append_note(run_dir, "errors", message)
+
+
+TIMING_FILE = "timing.jsonl"
+
+
+class Timing(msgspec.Struct, kw_only=True):
+    """One generation phase of a run: what --dry-run estimates later runs from."""
+
+    generated_tokens: int
+    requests: int
+    wall_s: float
+    concurrency: int
+
+
+def _append_timing(run_dir: Path, writers: dict[str, RecordWriter], started: float, concurrency: int) -> None:
+    fresh = [r for w in writers.values() for r in w.appended]
+    if not fresh:
+        return
+    timing = Timing(
+        generated_tokens=sum(r.completion_tokens for r in fresh),
+        requests=len(fresh),
+        wall_s=round(time.monotonic() - started, 3),
+        concurrency=concurrency,
+    )
+    with open(Path(run_dir) / TIMING_FILE, "ab") as f:
+        f.write(msgspec.json.encode(timing) + b"\n")
+
+
+def read_timings(run_dir: Path) -> list[Timing]:
+    path = Path(run_dir) / TIMING_FILE
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_bytes().splitlines():
+        try:
+            out.append(msgspec.json.decode(line, type=Timing))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue  # advisory only
+    return out
+
+
+def dry_run(plan: RunPlan, baseline: Run | None, calibration_tok_s: float | None = None) -> str:
+    """Requests, prompt tokens and caps per bench, and a wall-time estimate: completion lengths from
+    the baseline's records where there is one (else the cap, an upper bound), throughput from a
+    calibration on this machine or the baseline's own measured generation phases."""
+    timings = read_timings(baseline.dir) if baseline is not None else []
+    if calibration_tok_s:
+        rate, source = calibration_tok_s, "calibration on this machine"
+    elif timings:
+        tokens, wall = sum(t.generated_tokens for t in timings), sum(t.wall_s for t in timings)
+        rate, source = (tokens / wall if wall > 0 else None), f"the baseline's measured generation ({baseline.dir})"
+    else:
+        rate, source = None, None
+    lines = [f"{'bench':<14} {'requests':>9} {'prompt tok':>11} {'cap':>6} {'expected tok':>13}  basis"]
+    total_tokens = 0.0
+    for name, bench in plan.benches.items():
+        requests = len(bench.items) * bench.samples
+        prompt_tokens = sum(len(bench.prompts[i.id]) for i in bench.items) * bench.samples if bench.prompts else None
+        base_records = baseline.records.get(name, []) if baseline is not None else []
+        if base_records:
+            expected = requests * sum(r.completion_tokens for r in base_records) / len(base_records)
+            basis = f"baseline mean {expected / requests:.0f} tok/request"
+        else:
+            expected, basis = float(requests * bench.max_tokens), "cap (upper bound)"
+        total_tokens += expected
+        lines.append(
+            f"{name:<14} {requests:>9} {prompt_tokens if prompt_tokens is not None else 'n/a':>11} {bench.max_tokens:>6} "
+            f"{expected:>13.0f}  {basis}"
+        )
+    if rate:
+        minutes = total_tokens / rate / 60
+        lines.append(f"estimate: {total_tokens:.0f} tokens at {rate:.0f} tok/s = {minutes:.1f} min of generation "
+                     f"(throughput from {source}; engine start and scoring come on top)")  # fmt: skip
+    else:
+        lines.append("estimate: no throughput measured yet: pass --calibrate, or run the baseline once (its timing is kept)")
+    return "\n".join(lines)
+
+
+async def calibrate(plan: RunPlan, backend: Backend, concurrency: int, n: int = 16) -> float:
+    """Generated tokens per second on this machine over the first n requests of the plan."""
+    name, bench = next(iter(plan.benches.items()))
+    items = bench.items[:n]
+    gate = asyncio.Semaphore(max(1, concurrency))
+    spec = plan.spec
+
+    async def one(item: Item) -> int:
+        async with gate:
+            session = Session(
+                backend, request_id=f"calibrate-{item.id}", sampling=spec.sampling, think=spec.think,
+                max_tokens=bench.max_tokens, seed=sample_seed(spec.seed, name, item.id, 0),
+                planned_prompt_ids=bench.prompts.get(item.id),
+            )  # fmt: skip
+            episode = await solver_of(bench.module)(item, session)
+            return episode.completion_tokens
+
+    t0 = time.monotonic()
+    tokens = sum(await asyncio.gather(*(one(item) for item in items)))
+    return tokens / max(time.monotonic() - t0, 1e-9)
 
 
 async def _score(

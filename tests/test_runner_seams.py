@@ -160,3 +160,16 @@ def test_majority_rule_comes_from_the_spec_not_the_bench(tmp_path):
     run = _run(plan, tmp_path / "run", ScriptedBackend())
     assert {r.vote_key for r in run.records["vote"]} == {"k"}
     assert per_item_values(run.spec.benches[0], run.records["vote"]) == {"vote0": 1.0, "vote1": 1.0}
+
+
+def test_dry_run_estimates_from_the_baselines_own_records_and_timing(tmp_path):
+    plan = _plan({"a": _module("a")}, n=4)
+    base = _run(plan, tmp_path / "base", ScriptedBackend())
+    timings = runner.read_timings(tmp_path / "base")
+    assert len(timings) == 1 and timings[0].requests == 4 and timings[0].generated_tokens == 8
+    text = runner.dry_run(plan, base)
+    assert "baseline mean 2 tok/request" in text and "tok/s" in text
+    assert "cap (upper bound)" in runner.dry_run(plan, None) and "--calibrate" in runner.dry_run(plan, None)
+    rate = asyncio.run(runner.calibrate(plan, ScriptedBackend(), concurrency=2))
+    assert rate > 0
+    assert "calibration on this machine" in runner.dry_run(plan, None, rate)
