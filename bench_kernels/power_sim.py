@@ -56,6 +56,35 @@ def family_rate_holm(
     return float(np.mean(np.any(rejected[:, null], axis=1)))
 
 
+def exact_p_two(b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Two-sided exact McNemar p, vectorised (twice the smaller tail, capped at 1)."""
+    return np.minimum(1.0, 2 * np.minimum(stats.mcnemar_p_degraded(b, c), stats.mcnemar_p_degraded(c, b)))
+
+
+def family_verdict_rate(
+    ns: list[int], discordances: list[float], drops: list[float], sims: int, rng: np.random.Generator, alpha: float = ALPHA
+) -> float:
+    """Share of runs of len(ns) benches where compare's decision (two-sided exact McNemar, Tarone's
+    family, Holm) gives any verdict on a truly unchanged bench (all drops 0: the A/A verdict rate), or,
+    when some drops are not 0, a verdict on some bench that truly dropped."""
+    counts = [flip_counts(n, d, drop, sims, rng) for n, d, drop in zip(ns, discordances, drops, strict=True)]
+    p = np.column_stack([exact_p_two(b, c) for b, c in counts])
+    p_min = np.column_stack([np.where(b + c > 0, np.minimum(1.0, 2.0 ** (1 - (b + c))), 1.0) for b, c in counts])
+    null = np.array([drop == 0 for drop in drops])
+    hits = 0
+    for i in range(sims):
+        rejected = np.array(stats.decide_family(p[i], p_min[i], alpha).rejected)
+        hits += bool(np.any(rejected[null] if null.all() else rejected[~null]))
+    return hits / sims
+
+
+def canary_family_rate(ns: list[int], discordances: list[float], sims: int, rng: np.random.Generator, alpha: float = ALPHA) -> float:
+    """Share of runs of unchanged benches where some canary of one family flags (one-sided exact test per
+    bench on items moving up / down, Holm over the benches), as compare flags them."""
+    p = np.column_stack([stats.mcnemar_p_degraded(*flip_counts(n, d, 0.0, sims, rng)) for n, d in zip(ns, discordances, strict=True)])
+    return float(np.mean(np.any(stats.holm_array(p) < alpha, axis=1)))
+
+
 def sequential_rates(
     n: int,
     discordance: float,

@@ -10,7 +10,8 @@
     python -m engine data fetch [--benches a,b]                    download pinned hub datasets for offline runs
     python -m engine determinism --model M [--configs ...]        which engine settings break bit-exact outputs
 
-Exit codes: 0 no degradation detected, 1 degradation detected, 2 bad input, 3 not comparable.
+Exit codes: 0 no degradation detected, 1 degradation detected, 2 bad input, 3 not comparable,
+5 incomplete (a run lacks items or samples against its spec).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from engine.errors import NotComparable, UserError
 
 EXIT_OK, EXIT_DEGRADED = 0, 1
+EXIT_INCOMPLETE = 5  # a run lacks items or samples against its spec: not graded (see --allow-incomplete)
 
 
 def _run_parser() -> argparse.ArgumentParser:
@@ -63,6 +65,7 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default=None, help="baseline run dir, a name under baselines/ (default: found by model), or 'none'")
     p.add_argument("--allow-differ", default="", help="contract fields to waive in the comparison (seed, engine.*)")
     p.add_argument("--alpha", type=float, default=0.05)
+    _grading_args(p)
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.add_argument("--early-stop", action="store_true", help="stop a bench once its degradation is certain "
                    "(sequential test against the baseline, which must be known before the run)")
@@ -144,7 +147,14 @@ def cmd_run(argv: list[str]) -> int:
     if base.dir.resolve() == Path(run_dir).resolve():
         print(f"{run_dir} is the baseline itself: nothing to compare")
         return EXIT_OK
-    return _compare_and_print(base, cand, args.alpha, args.allow_differ, args.json)
+    return _compare_and_print(base, cand, args.alpha, args.allow_differ, args.json, args.allow_incomplete, args.margin)
+
+
+def _grading_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-incomplete", action="store_true",
+                   help="grade benches that lack items or samples (default: verdict INCOMPLETE, exit 5)")
+    p.add_argument("--margin", type=float, default=None, metavar="PTS",
+                   help="non-inferiority margin in accuracy points: verdict EQUIVALENT or NOT SHOWN where no change is detected")
 
 
 def _probe_tier0(args) -> int:
@@ -238,13 +248,23 @@ def _early_stop_baseline(args, plan, run_dir: Path):
     return base
 
 
-def _compare_and_print(base, cand, alpha: float, allow_differ: str, as_json: bool) -> int:
+def _compare_and_print(
+    base, cand, alpha: float, allow_differ: str, as_json: bool, allow_incomplete: bool = False, margin: float | None = None
+) -> int:
     from engine import compare
 
+    if margin is not None and not margin > 0:
+        raise UserError(f"--margin {margin}: give a positive number of accuracy points, e.g. --margin 2")
     waive = tuple(f.strip() for f in allow_differ.split(",") if f.strip())
-    result = compare.compare_runs(base, cand, alpha=alpha, waive=waive)
+    result = compare.compare_runs(
+        base, cand, alpha=alpha, waive=waive, allow_incomplete=allow_incomplete, margin=None if margin is None else margin / 100
+    )
     compare.print_comparison(result, as_json=as_json)
-    return EXIT_DEGRADED if result.degraded else EXIT_OK
+    return _exit_code(result)
+
+
+def _exit_code(result) -> int:
+    return EXIT_DEGRADED if result.degraded else EXIT_INCOMPLETE if result.incomplete else EXIT_OK
 
 
 def cmd_compare(argv: list[str]) -> int:
@@ -255,9 +275,12 @@ def cmd_compare(argv: list[str]) -> int:
     p.add_argument("cand", type=Path)
     p.add_argument("--alpha", type=float, default=0.05)
     p.add_argument("--allow-differ", default="", help="contract fields to waive (seed, engine.backend, engine.dtype, ...)")
+    _grading_args(p)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    return _compare_and_print(read_run(args.base), read_run(args.cand), args.alpha, args.allow_differ, args.json)
+    return _compare_and_print(
+        read_run(args.base), read_run(args.cand), args.alpha, args.allow_differ, args.json, args.allow_incomplete, args.margin
+    )
 
 
 def cmd_report(argv: list[str]) -> int:
@@ -293,7 +316,7 @@ def cmd_report(argv: list[str]) -> int:
     waive = tuple(f.strip() for f in args.allow_differ.split(",") if f.strip())
     result = report.write_report(cand, base, args.html, alpha=args.alpha, waive=waive)
     print(f"report: {args.html}")
-    return EXIT_DEGRADED if result is not None and result.degraded else EXIT_OK
+    return _exit_code(result) if result is not None else EXIT_OK
 
 
 def cmd_degrade(argv: list[str]) -> int:
