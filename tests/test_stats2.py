@@ -335,3 +335,15 @@ def test_avg_at_k_is_primary_where_a_bench_draws_k_samples():
     assert any("within-item variance" in line for line in compare._bench_details(row))
     maj = compare.compare_bench(items, alpha=ALPHA, primary=compare.MAJ)
     assert maj.delta == pytest.approx(items.cand.mean() - items.base.mean()) and maj.avg_at_k is not None
+
+
+@pytest.mark.parametrize("n", [30, 150])
+def test_paired_t_a_a_rate_on_avg_at_4(n):
+    rng = np.random.default_rng(n)
+    sims = 2000
+    rejected = 0
+    for _ in range(sims):
+        accuracy = rng.beta(0.7, 0.7, n)
+        d = (rng.binomial(4, accuracy) - rng.binomial(4, accuracy)) / 4
+        rejected += stats.paired_t(d).p_two < ALPHA
+    assert rejected / sims <= ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / sims)
