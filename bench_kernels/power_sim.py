@@ -30,6 +30,7 @@ SIZES = {"smoke": 150, "gsm8k standard": 1319, "mmlu_pro standard": 3600, "mmlu_
 NULL_SIZES = (30, 150, 1319, 12000)
 DISCORDANCES = (0.1, 0.2, 0.4)
 DROPS = (0.01, 0.02, 0.05)
+SHARED_DISCORDANCES = (0.02, 0.05, 0.1, 0.2)  # with shared per-item seeds an unchanged candidate flips few items
 
 
 def flip_counts(n: int, discordance: float, drop: float, sims: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -54,6 +55,35 @@ def family_rate_holm(
     rejected = stats.holm_array(p) < alpha
     null = np.array([drop == 0 for drop in drops])
     return float(np.mean(np.any(rejected[:, null], axis=1)))
+
+
+def exact_p_two(b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Two-sided exact McNemar p, vectorised (twice the smaller tail, capped at 1)."""
+    return np.minimum(1.0, 2 * np.minimum(stats.mcnemar_p_degraded(b, c), stats.mcnemar_p_degraded(c, b)))
+
+
+def family_verdict_rate(
+    ns: list[int], discordances: list[float], drops: list[float], sims: int, rng: np.random.Generator, alpha: float = ALPHA
+) -> float:
+    """Share of runs of len(ns) benches where compare's decision (two-sided exact McNemar, Tarone's
+    family, Holm) gives any verdict on a truly unchanged bench (all drops 0: the A/A verdict rate), or,
+    when some drops are not 0, a verdict on some bench that truly dropped."""
+    counts = [flip_counts(n, d, drop, sims, rng) for n, d, drop in zip(ns, discordances, drops, strict=True)]
+    p = np.column_stack([exact_p_two(b, c) for b, c in counts])
+    p_min = np.column_stack([np.where(b + c > 0, np.minimum(1.0, 2.0 ** (1 - (b + c))), 1.0) for b, c in counts])
+    null = np.array([drop == 0 for drop in drops])
+    hits = 0
+    for i in range(sims):
+        rejected = np.array(stats.decide_family(p[i], p_min[i], alpha).rejected)
+        hits += bool(np.any(rejected[null] if null.all() else rejected[~null]))
+    return hits / sims
+
+
+def canary_family_rate(ns: list[int], discordances: list[float], sims: int, rng: np.random.Generator, alpha: float = ALPHA) -> float:
+    """Share of runs of unchanged benches where some canary of one family flags (one-sided exact test per
+    bench on items moving up / down, Holm over the benches), as compare flags them."""
+    p = np.column_stack([stats.mcnemar_p_degraded(*flip_counts(n, d, 0.0, sims, rng)) for n, d in zip(ns, discordances, strict=True)])
+    return float(np.mean(np.any(stats.holm_array(p) < alpha, axis=1)))
 
 
 def sequential_rates(
@@ -120,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sims", type=int, default=20000, help="simulated benches per cell (fixed-n tests)")
     p.add_argument("--seq-sims", type=int, default=4000, help="simulated benches per cell (sequential design)")
     p.add_argument("--perm-sims", type=int, default=1000, help="simulated benches for the sign-flip test")
+    p.add_argument("--family-sims", type=int, default=4000, help="simulated runs for the 8-bench A/A verdict rate")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     rng = np.random.default_rng(args.seed)
@@ -168,6 +199,25 @@ def main(argv: list[str] | None = None) -> int:
             seq, early, used = sequential_rates(n, 0.2, drop, args.seq_sims, rng)
             fixed = stats.mcnemar_power(n, 0.2, drop, ALPHA)
             print(f"{n:>6} {0.2:>8.0%} {f'-{100 * drop:.0f}pt':>6} {seq:>7.3f} {fixed:>8.3f} {early:>8.3f} {used:>10.0%}")
+    print("\n## A/A verdict rate, compare's decision (two-sided, Tarone family, Holm) over 8 unchanged benches")
+    shared = [0.02, 0.05, 0.1, 0.2, 0.02, 0.05, 0.1, 0.2]
+    rate = family_verdict_rate(ns, shared, [0.0] * 8, args.family_sims, rng)
+    print(f"{rate:.4f} (±{_mc_error(rate, args.family_sims):.4f}; n = {ns}, discordance = {shared})")
+    rate = canary_family_rate(ns, shared, args.sims, rng)
+    print(f"canary family (Holm over the 8 benches): {rate:.4f}")
+
+    print(f"\n## Planned power at shared-seed discordance (two-sided decision at α, churn {stats.CHURN:g}: "
+          "damage adds churn × drop of discordance); NI: margin an unchanged candidate shows with 80% power")
+    print(f"{'n':>6} {'discord.':>8} " + " ".join(f"{f'-{100 * d:.0f} pt':>8}" for d in DROPS) + f" {'MDE (80%)':>10} {'NI margin':>10}")
+    for label, n in SIZES.items():
+        for psi in SHARED_DISCORDANCES:
+            cells = [f"{stats.planned_power(n, psi, drop, ALPHA):.3f}" for drop in DROPS]
+            mde = stats.planned_mde(n, psi, ALPHA)
+            margin = stats.planned_margin(n, psi, ALPHA)
+            print(f"{n:>6} {psi:>8.0%} " + " ".join(f"{c:>8}" for c in cells) + f" {100 * mde:>8.1f}pt {100 * margin:>8.1f}pt   ({label})")
+    check = SIZES["gsm8k standard"]
+    sim, _ = reject_rate_mcnemar(check, 0.05 + stats.CHURN * 0.02, 0.02, args.sims, rng, alpha=ALPHA / 2)
+    print(f"(check: simulated power at n={check}, 5%, -2 pt: {sim:.3f})")
     print(f"\n({time.time() - started:.0f} s)")
     return 0
 

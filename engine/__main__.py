@@ -10,7 +10,8 @@
     python -m engine data fetch [--benches a,b]                    download pinned hub datasets for offline runs
     python -m engine determinism --model M [--configs ...]        which engine settings break bit-exact outputs
 
-Exit codes: 0 no degradation detected, 1 degradation detected, 2 bad input, 3 not comparable.
+Exit codes: 0 no degradation detected, 1 degradation detected, 2 bad input, 3 not comparable,
+5 incomplete (a run lacks items or samples against its spec).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from engine.errors import NotComparable, UserError
 
 EXIT_OK, EXIT_DEGRADED = 0, 1
+EXIT_INCOMPLETE = 5  # a run lacks items or samples against its spec: not graded (see --allow-incomplete)
 
 
 def _run_parser() -> argparse.ArgumentParser:
@@ -71,6 +73,7 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-differ", default="", help="contract fields to waive in the comparison (seed, engine.*, or "
                    "'engine' for every engine field)")
     p.add_argument("--alpha", type=float, default=0.05)
+    _grading_args(p)
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.add_argument("--early-stop", action="store_true", help="stop a bench once its degradation is certain "
                    "(sequential test against the baseline, which must be known before the run)")
@@ -147,7 +150,14 @@ def cmd_run(argv: list[str]) -> int:
     if resolved.run is None:
         print(f"{resolved.message}: records are in {run_dir}")
         return EXIT_OK
-    return _compare_and_print(resolved.run, cand, args.alpha, waive, args.json)
+    return _compare_and_print(resolved.run, cand, args.alpha, waive, args.json, args.allow_incomplete, args.margin)
+
+
+def _grading_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-incomplete", action="store_true",
+                   help="grade benches that lack items or samples (default: verdict INCOMPLETE, exit 5)")
+    p.add_argument("--margin", type=float, default=None, metavar="PTS",
+                   help="non-inferiority margin in accuracy points: verdict EQUIVALENT or NOT SHOWN where no change is detected")
 
 
 def _dry_run(args, plan, run_dir: Path, waive: tuple[str, ...], start_backend) -> int:
@@ -328,12 +338,22 @@ def _early_stop_baseline(args, plan, run_dir: Path, waive: tuple[str, ...]):
     return resolved.run
 
 
-def _compare_and_print(base, cand, alpha: float, waive: tuple[str, ...], as_json: bool) -> int:
+def _compare_and_print(
+    base, cand, alpha: float, waive: tuple[str, ...], as_json: bool, allow_incomplete: bool = False, margin: float | None = None
+) -> int:
     from engine import compare
 
-    result = compare.compare_runs(base, cand, alpha=alpha, waive=waive)
+    if margin is not None and not margin > 0:
+        raise UserError(f"--margin {margin}: give a positive number of accuracy points, e.g. --margin 2")
+    result = compare.compare_runs(
+        base, cand, alpha=alpha, waive=waive, allow_incomplete=allow_incomplete, margin=None if margin is None else margin / 100
+    )
     compare.print_comparison(result, as_json=as_json)
-    return EXIT_DEGRADED if result.degraded else EXIT_OK
+    return _exit_code(result)
+
+
+def _exit_code(result) -> int:
+    return EXIT_DEGRADED if result.degraded else EXIT_INCOMPLETE if result.incomplete else EXIT_OK
 
 
 def cmd_compare(argv: list[str]) -> int:
@@ -344,9 +364,12 @@ def cmd_compare(argv: list[str]) -> int:
     p.add_argument("cand", type=Path)
     p.add_argument("--alpha", type=float, default=0.05)
     p.add_argument("--allow-differ", default="", help="contract fields to waive (seed, engine.backend, engine.dtype, ..., or 'engine')")
+    _grading_args(p)
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     args = p.parse_args(argv)
-    return _compare_and_print(read_run(args.base), read_run(args.cand), args.alpha, _waivers(args.allow_differ), args.json)
+    return _compare_and_print(
+        read_run(args.base), read_run(args.cand), args.alpha, _waivers(args.allow_differ), args.json, args.allow_incomplete, args.margin
+    )
 
 
 def cmd_report(argv: list[str]) -> int:
@@ -361,7 +384,8 @@ def cmd_report(argv: list[str]) -> int:
     p.add_argument("--baseline", default=None, help="baseline run dir or name under baselines/ (default: found by model)")
     p.add_argument("--html", type=Path, required=True, help="output file")
     p.add_argument("--alpha", type=float, default=0.05)
-    p.add_argument("--allow-differ", default="", help="contract fields to waive (seed, engine.backend, engine.dtype, ...)")
+    p.add_argument("--allow-differ", default="", help="contract fields to waive (seed, engine.backend, engine.dtype, ..., or 'engine')")
+    _grading_args(p)
     args = p.parse_args(argv)
     cand = read_run(args.run)
     waive = _waivers(args.allow_differ)
@@ -378,9 +402,12 @@ def cmd_report(argv: list[str]) -> int:
         # Nothing was asked for: a baseline that does not line up just means a report of the run alone.
         print(f"{exc}\nreporting {args.run} on its own", file=sys.stderr)
         base = None
-    result = report.write_report(cand, base, args.html, alpha=args.alpha, waive=waive)
+    result = report.write_report(
+        cand, base, args.html, alpha=args.alpha, waive=waive, allow_incomplete=args.allow_incomplete,
+        margin=None if args.margin is None else args.margin / 100,
+    )  # fmt: skip
     print(f"report: {args.html}")
-    return EXIT_DEGRADED if result is not None and result.degraded else EXIT_OK
+    return _exit_code(result) if result is not None else EXIT_OK
 
 
 def cmd_degrade(argv: list[str]) -> int:

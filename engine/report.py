@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from engine import compare, pairing, stats
-from engine.compare import BenchComparison, Comparison, _p, _pct, _pts
+from engine.compare import BenchComparison, Comparison, _level, _p, _pct, _pts
 from engine.pairing import PairedItems
 from engine.records import Run
 
@@ -62,21 +62,18 @@ def _esc(x: object) -> str:
 def _summary_table(cmp: Comparison) -> str:
     head = (
         "<tr><th class=l>bench</th><th>n</th><th>baseline</th><th>candidate</th>"
-        f"<th>Δ pts [{100 * (1 - cmp.alpha):.0f}% CI]</th><th>b / c</th><th>p</th><th>p Holm</th><th>mid-p</th>"
-        "<th>MDE pts</th><th>trunc base→cand</th><th class=l>verdict</th></tr>"
+        "<th>Δ pts [interval]</th><th>level</th><th>b / c</th><th>p</th><th>p Holm</th><th>mid-p</th>"
+        "<th>no drop &gt; (pts)</th><th>trunc base→cand</th><th class=l>verdict</th></tr>"
     )
     rows = []
     for r in cmp.benches:
-        base_acc, cand_acc, delta = r.base_acc, r.cand_acc, r.delta
-        if r.full_split is not None:
-            base_acc, cand_acc, delta = r.full_split.base_acc, r.full_split.cand_acc, r.full_split.delta
-        css = "bad" if r.verdict.startswith("DEGRADED") else "good" if r.verdict == "IMPROVED" else ""
-        mde = "∞" if r.mde == float("inf") else f"{100 * r.mde:.1f}"
+        css = "bad" if r.verdict.startswith(("DEGRADED", "INCOMPLETE", "NOT SHOWN")) else "good" if r.verdict.startswith(("IMPROVED", "EQUIVALENT")) else ""
         n = f"{r.n}" if r.n == r.n_baseline else f"{r.n}/{r.n_baseline}"
         rows.append(
-            f"<tr><td class=l>{_esc(r.bench)}</td><td>{n}</td><td>{_pct(base_acc)}</td><td>{_pct(cand_acc)}</td>"
-            f"<td>{_pts(delta)} [{_pts(r.delta_ci[0])}, {_pts(r.delta_ci[1])}]</td><td>{r.b} / {r.c}</td>"
-            f"<td>{_p(r.p_degraded)}</td><td>{_p(r.p_degraded_holm)}</td><td>{_p(r.p_degraded_midp)}</td><td>{mde}</td>"
+            f"<tr><td class=l>{_esc(r.bench)}</td><td>{n}</td><td>{_pct(r.base_acc)}</td><td>{_pct(r.cand_acc)}</td>"
+            f"<td>{_esc(compare.delta_cell(r))}</td><td>{_level(r.ci_level)}</td><td>{r.b} / {r.c}</td>"
+            f"<td>{_p(r.p_two_sided)}</td><td>{_p(r.p_holm) if r.in_family else 'out'}</td><td>{_p(r.p_two_sided_midp)}</td>"
+            f"<td>{100 * r.drop_bound:.1f}</td>"
             f"<td>{_pct(r.base_trunc)} → {_pct(r.cand_trunc)}{' ⚠' if r.truncation.flagged else ''}</td>"
             f"<td class='l {css}'>{_esc(r.verdict)}</td></tr>"
         )
@@ -88,16 +85,17 @@ def _forest_plot(cmp: Comparison) -> str:
     rows = [r for r in cmp.benches if r.n]
     fig, ax = plt.subplots(figsize=(8, 0.6 * len(rows) + 1.2))
     for y, r in enumerate(rows):
-        delta = r.full_split.delta if r.full_split is not None else r.delta
+        delta = r.delta
         lo, hi = r.delta_ci
         colour = "#b00020" if r.verdict.startswith("DEGRADED") else "#1b5e20" if r.verdict == "IMPROVED" else "#455a64"
         ax.errorbar(100 * delta, y, xerr=[[100 * (delta - lo)], [100 * (hi - delta)]], fmt="o", color=colour, capsize=4)
-        if r.mde != float("inf"):
-            ax.plot([-100 * r.mde], [y], marker="|", markersize=14, color="#999")
+        if cmp.margin is not None:
+            ax.plot([-100 * cmp.margin], [y], marker="|", markersize=14, color="#999")
     ax.axvline(0, color="#222", linewidth=0.8)
-    ax.set_yticks(range(len(rows)), [r.bench for r in rows])
+    ax.set_yticks(range(len(rows)), [f"{r.bench} ({_level(r.ci_level)})" for r in rows])
     ax.invert_yaxis()
-    ax.set_xlabel(f"Δ accuracy, candidate − baseline (pts), {100 * (1 - cmp.alpha):.0f}% interval; grey tick: −MDE")
+    label = "Δ accuracy, candidate − baseline (pts); interval: the deciding test inverted at its Holm step"
+    ax.set_xlabel(label + ("; grey tick: −margin" if cmp.margin is not None else ""))
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)
 
@@ -141,8 +139,9 @@ def _strata_table(r: BenchComparison) -> str:
         for s in st.rows
     )
     return (
-        f"<p>{_esc(st.test_method)}: χ² = {st.test.statistic:.2f}, p two-sided {_p(st.test.p_two_sided)}, "
-        f"p degraded {_p(st.test.p_degraded)}; moved most: <b>{_esc(st.moved_most)}</b></p>"
+        f"<p>{_esc(st.test_method)}: χ² = {st.test.statistic:.2f}, p two-sided {_p(st.test.p_two_sided)}; "
+        + (f"moved most: <b>{_esc(st.moved_most)}</b>" if st.moved_most else "no category moved beyond chance (Holm over every category)")
+        + "</p>"
         "<table><tr><th class=l>category</th><th>n</th><th>full split</th><th>baseline</th><th>candidate</th>"
         f"<th>Δ pts</th><th>b / c</th><th>p (exact)</th><th>p Holm</th></tr>{rows}</table>"
     )
@@ -199,6 +198,7 @@ def _comparison_page(cmp: Comparison, base: Run, cand: Run) -> str:
     for r in cmp.benches:
         parts.append(f"<h2>{_esc(r.bench)}</h2>")
         parts.append(f"<p>{_esc(r.test)}; per item: {_esc(r.per_item)}; Δ interval: {_esc(r.ci_method)}. <b>{_esc(r.verdict)}</b></p>")
+        parts += [f"<p>{_esc(line.strip())}</p>" for line in compare._bench_details(r)[1:] if line.strip().startswith(("missing", "non-inferiority", "planned", "within-item", "maj@", "avg@", "left out"))]
         if r.early_stop is not None:
             es = r.early_stop
             parts.append(
@@ -214,7 +214,9 @@ def _comparison_page(cmp: Comparison, base: Run, cand: Run) -> str:
             f"<h3>Generation length ({_esc(r.length.measure)})</h3>",
             f"<p>median {sh.base_median:.0f} → {sh.cand_median:.0f}; mean {sh.base_mean:.0f} → {sh.cand_mean:.0f}; median per-item ratio ×{sh.median_ratio:.2f}; "
             f"Wilcoxon p (candidate longer) {_p(sh.p_longer)}{' ⚠' if r.length.flagged else ''}; "
-            f"truncation {r.truncation.up} items up / {r.truncation.down} down, p {_p(r.truncation.p_more)}</p>",
+            f"truncation {r.truncation.up} items up / {r.truncation.down} down, p {_p(r.truncation.p_more)} (Holm {_p(r.truncation.p_holm)}); "
+            f"no answer / scorer failure {_pct(r.unparsed.base_rate)} → {_pct(r.unparsed.cand_rate)}, "
+            f"{r.unparsed.up} items up / {r.unparsed.down} down, Holm p {_p(r.unparsed.p_holm)}{' ⚠' if r.unparsed.flagged else ''}</p>",
         ]
         if r.n:
             parts.append(_length_plot(items, caps.get(r.bench, 0)))
@@ -294,11 +296,17 @@ def _probe_panel(run: Run) -> str:
 
 
 def write_report(
-    cand: Run, base: Run | None, out: Path, alpha: float = 0.05, waive: tuple[str, ...] = ()
+    cand: Run,
+    base: Run | None,
+    out: Path,
+    alpha: float = 0.05,
+    waive: tuple[str, ...] = (),
+    allow_incomplete: bool = False,
+    margin: float | None = None,
 ) -> Comparison | None:
     """Write the page; return the comparison (None for a run on its own)."""
     if base is not None:
-        cmp = compare.compare_runs(base, cand, alpha=alpha, waive=waive)
+        cmp = compare.compare_runs(base, cand, alpha=alpha, waive=waive, allow_incomplete=allow_incomplete, margin=margin)
         body = _comparison_page(cmp, base, cand)
     else:
         cmp, body = None, _single_page(cand)

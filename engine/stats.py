@@ -322,7 +322,12 @@ def stratified_mean(
     values_by_stratum: dict[str, Sequence[float]], population_sizes: dict[str, int], level: float = 0.95
 ) -> StratifiedEstimate:
     """Mean over the full split from a stratified sample: strata weighted by their full-split size,
-    standard error sum_s W_s^2 (1 - n_s/N_s) s_s^2 / n_s (with the finite-population correction).
+    standard error sqrt(sum_s W_s^2 s_s^2 / n_s).
+
+    No finite-population correction: the split's items are themselves a sample of the questions the
+    bench stands for, and each item's value carries generation noise, so sampling a large share of a
+    stratum does not remove the uncertainty (with the correction an A/A interval excluded 0 in 10% of
+    standard-tier runs).
 
     Strata of the population that were not sampled cannot be estimated: the weights are renormalised
     over the sampled ones and `covered` says how much of the split that is.
@@ -341,7 +346,7 @@ def stratified_mean(
         # A stratum with one item has no variance estimate of its own: borrow the pooled one.
         var = float(v.var(ddof=1)) if v.size > 1 else pooled_var
         estimate += weight * float(v.mean())
-        variance += weight**2 * max(0.0, 1 - v.size / size) * var / v.size if size else 0.0
+        variance += weight**2 * var / v.size if size else 0.0
     se = math.sqrt(variance)
     z = float(_scipy_stats.norm.isf((1 - level) / 2))
     covered = total / sum(population_sizes.values())
@@ -511,3 +516,309 @@ def holm(p_values: list[float]) -> list[float]:
 
 def mean(values: Sequence[float]) -> float:
     return math.fsum(values) / len(values) if len(values) else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Intervals that invert the deciding test
+#
+# The verdict is a two-sided test at a level gamma (the bench's Holm step); the printed interval is the
+# set of deltas that test does not reject at the same gamma, so "interval excludes 0" and "verdict
+# DEGRADED/IMPROVED" are one statement.
+
+
+def binary_delta_interval(b, c, n, level: float):
+    """Interval for delta = (wins - losses) / n that inverts the two-sided exact McNemar test.
+
+    Conditional on D = b + c discordant pairs, losses ~ Binomial(D, p): the equal-tailed Clopper-Pearson
+    interval for p is exactly the set the exact test at 1 - level does not reject, and delta =
+    psi (1 - 2p) with psi the share of discordant items. psi is not fixed across repeated runs, so each
+    end takes the least favourable psi in its own Clopper-Pearson interval: the sign of each end is the
+    sign of (1 - 2p) at that end, which keeps "0 inside" identical to "test does not reject", and the
+    width covers the uncertainty of psi (a plain conditional interval undercovers large effects).
+    With no discordant pair it is +-(the upper bound on psi). Arrays welcome.
+    """
+    b, c, n = np.asarray(b, dtype=float), np.asarray(c, dtype=float), np.asarray(n, dtype=float)
+    gamma = 1 - level
+    d = b + c
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p_lo = np.where(b > 0, _scipy_stats.beta.ppf(gamma / 2, b, d - b + 1), 0.0)
+        p_hi = np.where(b < d, _scipy_stats.beta.ppf(1 - gamma / 2, b + 1, d - b), 1.0)
+        psi_lo = np.where(d > 0, _scipy_stats.beta.ppf(gamma / 2, d, n - d + 1), 0.0)
+        psi_hi = np.where(d < n, _scipy_stats.beta.ppf(1 - gamma / 2, d + 1, n - d), 1.0)
+    low_slope, high_slope = 1 - 2 * p_hi, 1 - 2 * p_lo
+    lo = np.where(low_slope < 0, psi_hi, psi_lo) * low_slope
+    hi = np.where(high_slope > 0, psi_hi, psi_lo) * high_slope
+    if lo.ndim == 0:
+        return float(lo), float(hi)
+    return lo, hi
+
+
+class DeltaTest(msgspec.Struct, frozen=True):
+    """A two-sided test of "delta = 0" together with its inversion: `interval(level)` is the set of
+    deltas the same test does not reject at 1 - level, so 0 lies inside exactly when p_two >= 1 - level.
+
+    kind "exact-mcnemar": one binary value per item, equal weights: the exact test, inverted by
+    binary_delta_interval.
+    kind "weighted-mcnemar": discordant items with weights v_i (the full-split weight of the item's
+    stratum over its sampled size); given which items are discordant, each is a win with probability q
+    and delta = (2q - 1) * psi_w with psi_w = sum v_i. The score test of q = q0 with a continuity
+    correction of half a lattice step (max v_i); with equal weights it is the continuity-corrected
+    McNemar test, whose size is close to the exact one even at a handful of discordant pairs.
+    kind "paired-t": Student t on the (stratified) mean of per-item differences, Satterthwaite degrees
+    of freedom across strata, standard error without the finite-population correction.
+    """
+
+    kind: str  # "exact-mcnemar" | "weighted-mcnemar" | "paired-t"
+    estimate: float
+    p_two: float
+    p_degraded: float
+    p_improved: float
+    p_min: float  # smallest p these items could give (Tarone)
+    scale: float = 0.0  # weighted-mcnemar: psi_w; paired-t: standard error
+    scale_se: float = 0.0  # weighted-mcnemar: standard error of psi_w
+    sum_sq: float = 0.0  # weighted-mcnemar: sum v_i^2
+    step: float = 0.0  # weighted-mcnemar: continuity correction
+    df: float = 0.0  # paired-t
+    b: int = 0  # exact-mcnemar: losses, wins, items
+    c: int = 0
+    n: int = 0
+
+    def interval(self, level: float) -> tuple[float, float]:
+        gamma = 1 - level
+        if self.kind == "exact-mcnemar":
+            return binary_delta_interval(self.b, self.c, self.n, level)
+        if self.kind == "paired-t":
+            if self.scale <= 0:
+                return self.estimate, self.estimate
+            half = float(_scipy_stats.t.isf(gamma / 2, self.df)) * self.scale
+            return max(-1.0, self.estimate - half), min(1.0, self.estimate + half)
+        z = float(_scipy_stats.norm.isf(gamma / 2))
+        psi = self.scale
+        if psi <= 0:
+            return 0.0, 0.0
+        q_hat = (self.estimate / psi + 1) / 2
+
+        def z_at(q0: float) -> float:
+            sd = math.sqrt(max(4 * q0 * (1 - q0) * self.sum_sq, 1e-300))
+            return max(0.0, abs(self.estimate - (2 * q0 - 1) * psi) - self.step) / sd
+
+        def bound(lo: float, hi: float, inside_at_hi: bool) -> float:
+            # z_at is below z at the inside end and above it (or the end is reached) at the outside end.
+            for _ in range(60):
+                mid = (lo + hi) / 2
+                if (z_at(mid) <= z) == inside_at_hi:
+                    hi = mid
+                else:
+                    lo = mid
+            return hi if inside_at_hi else lo
+
+        q_lo = 0.0 if z_at(0.0) <= z else bound(0.0, q_hat, True)
+        q_hi = 1.0 if z_at(1.0) <= z else bound(q_hat, 1.0, False)
+        psi_lo = max(0.0, psi - z * self.scale_se)
+        psi_hi = min(1.0, psi + z * self.scale_se)
+        low_slope, high_slope = 2 * q_lo - 1, 2 * q_hi - 1
+        # The least favourable psi at each end; the sign of each end is the sign of (2q - 1), the test's.
+        return (psi_hi if low_slope < 0 else psi_lo) * low_slope, (psi_hi if high_slope > 0 else psi_lo) * high_slope
+
+
+def exact_mcnemar_test(b: int, c: int, n: int) -> DeltaTest:
+    exact = mcnemar_exact(b, c)
+    p_min = min(1.0, 2.0 ** (1 - (b + c))) if b + c else 1.0
+    return DeltaTest(
+        "exact-mcnemar", (c - b) / n if n else float("nan"), exact.p_two_sided, exact.p_degraded, exact.p_improved, p_min,
+        b=b, c=c, n=n,
+    )
+
+
+def weighted_mcnemar(diffs: Sequence[float], weights: Sequence[float], strata: Sequence[str]) -> DeltaTest:
+    """DeltaTest for binary per-item values weighted to the full split: diffs in {-1, 0, 1} (candidate
+    minus baseline), weights v_i summing to 1 (W_s / (N n_s)), strata labels for the spread of psi_w."""
+    d = np.asarray(diffs, dtype=float)
+    v = np.asarray(weights, dtype=float)
+    labels = np.asarray(strata)
+    disc = d != 0
+    estimate = float(np.sum(v * d))
+    psi = float(np.sum(v[disc]))
+    if not disc.any():
+        return DeltaTest("weighted-mcnemar", estimate, 1.0, 1.0, 1.0, 1.0)
+    sum_sq = float(np.sum(v[disc] ** 2))
+    step = float(v[disc].max())
+    # Spread of psi_w = sum_s W_s psi_s: stratum by stratum binomial.
+    var_psi = 0.0
+    for name in np.unique(labels):
+        mask = labels == name
+        n_s = int(mask.sum())
+        share = float(v[mask].sum())  # W_s / N
+        psi_s = float(disc[mask].mean())
+        var_psi += share**2 * psi_s * (1 - psi_s) / n_s
+    sd0 = math.sqrt(sum_sq)
+    z = max(0.0, abs(estimate) - step) / sd0
+    one_side = float(_scipy_stats.norm.sf(z))
+    worse = estimate < 0
+    p_deg = one_side if worse else 1 - one_side if z > 0 else 0.5
+    p_imp = one_side if not worse and estimate != 0 else 1 - one_side if z > 0 else 0.5
+    best = max(0.0, psi - step) / sd0  # every discordant item the same way
+    return DeltaTest(
+        "weighted-mcnemar",
+        estimate,
+        min(1.0, 2 * one_side),
+        min(1.0, p_deg),
+        min(1.0, p_imp),
+        min(1.0, 2 * float(_scipy_stats.norm.sf(best))),
+        scale=psi,
+        scale_se=math.sqrt(var_psi),
+        sum_sq=sum_sq,
+        step=step,
+    )
+
+
+def paired_t(diffs: Sequence[float], weights: Sequence[float] | None = None, strata: Sequence[str] | None = None) -> DeltaTest:
+    """DeltaTest on the (stratum-weighted) mean of per-item differences: Student t with Satterthwaite
+    degrees of freedom. weights: each item's W_s / (N n_s) (None: 1/n); strata: labels (None: one)."""
+    d = np.asarray(diffs, dtype=float)
+    n = d.size
+    if n == 0:
+        return DeltaTest("paired-t", float("nan"), 1.0, 1.0, 1.0, 1.0)
+    labels = np.asarray(strata) if strata is not None else np.zeros(n, dtype=int)
+    v = np.asarray(weights, dtype=float) if weights is not None else np.full(n, 1.0 / n)
+    estimate = float(np.sum(v * d))
+    pooled = float(d.var(ddof=1)) if n > 1 else 0.0
+    parts = []
+    for name in np.unique(labels):
+        mask = labels == name
+        x = d[mask]
+        share = float(v[mask].sum())
+        var = float(x.var(ddof=1)) if x.size > 1 else pooled  # a one-item stratum borrows the pooled spread
+        parts.append((share**2 * var / x.size, max(x.size - 1, 1)))
+    variance = sum(a for a, _ in parts)
+    if not np.any(d):
+        return DeltaTest("paired-t", estimate, 1.0, 1.0, 1.0, 1.0, df=max(n - 1, 1))
+    if variance <= 0:  # every item moved by the same amount: no spread, the sign is certain
+        worse = estimate < 0
+        return DeltaTest("paired-t", estimate, 0.0, 0.0 if worse else 1.0, 1.0 if worse else 0.0, 0.0, df=max(n - 1, 1))
+    df = variance**2 / sum(a * a / f for a, f in parts)
+    se = math.sqrt(variance)
+    t = estimate / se
+    p_deg = float(_scipy_stats.t.cdf(t, df))
+    p_imp = float(_scipy_stats.t.sf(t, df))
+    return DeltaTest("paired-t", estimate, min(1.0, 2 * min(p_deg, p_imp)), p_deg, p_imp, 0.0, scale=se, df=df)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The family of benches: who is tested, at which level
+
+
+class FamilyDecision(msgspec.Struct, frozen=True):
+    in_family: list[bool]  # can reach its Holm level at its size (Tarone); the others are not tested
+    p_holm: list[float]  # Holm over the family (1.0 outside it)
+    rejected: list[bool]
+    level: list[float]  # gamma of each bench's interval: the Holm step that decided it
+    family: int  # benches in the family
+    tarone_k: int
+
+
+def decide_family(p_two: Sequence[float], p_min: Sequence[float], alpha: float) -> FamilyDecision:
+    """Two-sided Holm over the benches that can reach their level (Tarone 1990), with the level of the
+    interval that says the same as the decision.
+
+    A bench whose smallest attainable p (given its discordant items) exceeds alpha / K can never be
+    rejected and is left out, so it costs the others nothing: K is the smallest count with at most K
+    benches able to reach alpha / K. Levels: a bench rejected at Holm step r uses alpha / (m - r + 1)
+    (its p is below that); every other family member alpha / (m - rejected), where Holm stopped (its p
+    is at or above that); a bench outside the family alpha / K (it cannot get below that). So each
+    interval excludes 0 exactly when its bench is DEGRADED or IMPROVED; the intervals of the benches
+    not rejected hold jointly (Strassburger & Bretz 2008).
+    """
+    p = np.asarray(p_two, dtype=float)
+    floor = np.asarray(p_min, dtype=float)
+    total = p.size
+    k = 1
+    while k < total and int(np.sum(floor <= alpha / k)) > k:
+        k += 1
+    member = floor <= alpha / k
+    members = np.nonzero(member)[0]
+    m = members.size
+    p_holm = np.ones(total)
+    rejected = np.zeros(total, dtype=bool)
+    level = np.full(total, alpha / k)
+    if m:
+        p_holm[members] = holm_array(p[members])
+        order = members[np.argsort(p[members], kind="stable")]
+        steps = 0
+        for r, i in enumerate(order):
+            if p[i] < alpha / (m - r):
+                rejected[i] = True
+                level[i] = alpha / (m - r)
+                steps += 1
+            else:
+                break
+        if steps < m:
+            level[members[~rejected[members]]] = alpha / (m - steps)
+    return FamilyDecision(
+        in_family=member.tolist(), p_holm=p_holm.tolist(), rejected=rejected.tolist(), level=level.tolist(), family=int(m), tarone_k=k
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Planning: power and non-inferiority margin from a discordance measured before the comparison
+#
+# With shared per-item seeds an unchanged candidate flips few items (the same-seed discordance, from
+# the baseline's own A/A rerun), but real damage does not only lose items: it also churns, flipping
+# items both ways. The planned alternative is: discordance psi0 + churn * drop, of which the net share
+# `drop` is losses; churn = 1 is the optimistic "every extra flip is a loss".
+
+CHURN = 2.0  # extra discordant share per unit of net drop (assumed until measured)
+
+
+def _power_one_tail(n: int, psi, p_loss, alpha_one_side: float) -> float:
+    d = np.arange(n + 1)
+    weights = _scipy_stats.binom.pmf(d, n, psi)
+    keep = weights > 1e-15 * weights.max()
+    d, weights = d[keep], weights[keep]
+    k = mcnemar_critical_losses(d, alpha_one_side)
+    return float(np.sum(weights * _scipy_stats.binom.sf(k - 1, d, p_loss)))
+
+
+def planned_power(n: int, discordance: float, drop: float, alpha: float, churn: float = CHURN) -> float:
+    """Power of the two-sided exact McNemar decision at alpha to call a true drop DEGRADED, on n items,
+    when an unchanged candidate flips a share `discordance` of items and damage adds churn * drop."""
+    if n <= 0 or drop < 0:
+        return 0.0
+    psi = min(1.0, discordance + max(churn, 1.0) * drop)
+    if psi <= 0:
+        return 0.0
+    p_loss = min(1.0, (psi + drop) / (2 * psi))
+    return _power_one_tail(n, psi, p_loss, alpha / 2)
+
+
+def planned_mde(n: int, discordance: float, alpha: float, power: float = 0.8, churn: float = CHURN) -> float:
+    """Smallest drop the two-sided decision at alpha detects with `power` (inf: none)."""
+    if n <= 0:
+        return float("inf")
+    return _solve_increasing(lambda drop: planned_power(n, discordance, drop, alpha, churn), power, 0.0, 1.0)
+
+
+def planned_margin(n: int, discordance: float, alpha: float, power: float = 0.8) -> float:
+    """Non-inferiority margin an unchanged candidate shows with `power`: the M for which
+    P(lower end of the level 1 - alpha interval > -M) = power, n items, shared-seed discordance psi.
+    Exact over the binomial distribution of (discordant pairs, losses) and the interval above."""
+    if n <= 0:
+        return float("inf")
+    d = np.arange(n + 1)
+    wd = _scipy_stats.binom.pmf(d, n, discordance) if discordance > 0 else (d == 0).astype(float)
+    keep = wd > 1e-12 * wd.max()
+    lows, probs = [], []
+    for di, w in zip(d[keep], wd[keep], strict=True):
+        b = np.arange(di + 1)
+        pb = _scipy_stats.binom.pmf(b, di, 0.5)
+        use = pb > 1e-12 * pb.max()
+        lo, _ = binary_delta_interval(b[use], di - b[use], np.full(int(use.sum()), n), 1 - alpha)
+        lows.append(np.atleast_1d(lo))
+        probs.append(w * pb[use])
+    lo = np.concatenate(lows)
+    pr = np.concatenate(probs)
+    order = np.argsort(lo)
+    cdf = np.cumsum(pr[order]) / pr.sum()
+    # -M is the (1 - power)-quantile of the lower end.
+    q = lo[order][min(int(np.searchsorted(cdf, 1 - power)), lo.size - 1)]
+    return float(max(0.0, -q))

@@ -98,21 +98,24 @@ def test_degraded_bench_row(tmp_path):
     base, cand = _pair(tmp_path, *_flips(200, 80, 30, 8))
     row = compare.compare_runs(base, cand).benches[0]
     assert (row.both_right, row.b, row.c, row.both_wrong) == (80, 30, 8, 82)
-    assert row.binary and row.test == "exact McNemar"
+    assert row.binary and row.test.startswith("exact McNemar")
     assert row.delta == pytest.approx(-22 / 200)
     exact = stats.mcnemar_exact(30, 8)
-    assert row.p_degraded == exact.p_degraded and row.p_degraded_midp == exact.p_degraded_midp
-    assert row.delta_ci == pytest.approx(stats.newcombe_paired_ci(80, 30, 8, 82, 0.95))
-    assert row.mde == pytest.approx(stats.mde_mcnemar(200, 38 / 200, 0.05))
+    assert row.p_two_sided == exact.p_two_sided and row.p_degraded_midp == exact.p_degraded_midp
+    # One bench: Holm's only step is alpha itself, and the interval inverts the exact test there.
+    assert row.ci_level == pytest.approx(0.95)
+    assert row.delta_ci == pytest.approx(stats.binary_delta_interval(30, 8, 200, 0.95))
+    assert row.delta_ci[1] < 0
     assert row.verdict == "DEGRADED"
 
 
-def test_no_change_says_what_it_could_have_seen(tmp_path):
+def test_no_change_says_what_drop_it_excludes(tmp_path):
     base, cand = _pair(tmp_path, *_flips(300, 120, 12, 11))
     cmp = compare.compare_runs(base, cand)
     row = cmp.benches[0]
-    assert row.verdict == f"no change detected (could have seen ≥ {100 * row.mde:.1f} pts)"
-    assert 0.03 < row.mde < 0.2
+    assert row.verdict == f"no change detected: no drop > {100 * row.drop_bound:.1f} pts"
+    assert row.drop_bound == pytest.approx(-row.delta_ci[0])
+    assert 0.02 < row.drop_bound < 0.1
     assert not cmp.degraded
     assert "no degradation detected" in cmp.verdict_line
 
@@ -146,10 +149,10 @@ def test_full_split_reweighting(tmp_path):
     row = compare.compare_runs(base, cand).benches[0]
     fs = row.full_split
     assert fs.delta == pytest.approx(0.9 * 0.0 + 0.1 * (-0.30))
-    assert row.delta == pytest.approx(-0.15)  # the unweighted subset figure
     assert fs.base_acc == pytest.approx(0.9 * np.mean(add_b) + 0.1 * np.mean(mul_b))
-    assert row.ci_method.startswith("stratified")
-    assert fs.delta_ci[0] < fs.delta < fs.delta_ci[1]
+    assert row.delta == pytest.approx(fs.delta)  # the table's Δ is the one the test decides on
+    assert row.test.startswith("McNemar weighted to the full split")
+    assert row.delta_ci[0] < fs.delta < row.delta_ci[1]
     assert row.strata.test_method.endswith("weighted to the full split")
     assert json.loads(msgspec.json.encode(compare.compare_runs(base, cand)))["benches"][0]["full_split"]["delta"] == pytest.approx(fs.delta)
 
@@ -185,11 +188,12 @@ def test_several_samples_use_the_sign_flip_test(tmp_path):
     base = read_run(_write_run(tmp_path / "b", _spec("b", spec), {"arith": base_recs}))
     cand = read_run(_write_run(tmp_path / "c", _spec("c", spec), {"arith": cand_recs}))
     row = compare.compare_runs(base, cand).benches[0]
-    assert not row.binary and row.test.startswith("sign-flip permutation")
+    assert not row.binary and row.test.startswith("paired t")
     assert row.per_item == "mean of 4 samples (avg@4)"
     assert row.p_degraded_midp != row.p_degraded_midp  # nan: no mid-p for this test
     assert row.verdict == "DEGRADED"
-    assert row.ci_method == "paired bootstrap percentile"
+    assert row.ci_method == "inverted paired t" and row.delta_ci[1] < 0
+    assert row.within_item_var is not None and 0 < row.within_item_var[0] < 0.3
 
 
 def _two_benches(tmp_path: Path, arith_flips, gsm8k_flips):
@@ -206,17 +210,22 @@ def _two_benches(tmp_path: Path, arith_flips, gsm8k_flips):
 
 
 def test_holm_across_benches_and_combined_verdict(tmp_path):
-    # 17 losses / 7 wins: one-sided p = 0.032 on its own; twice over two benches Holm lifts it to 0.064.
-    cmp = _two_benches(tmp_path / "weak", _flips(200, 80, 17, 7, seed=5), _flips(200, 80, 17, 7, seed=6))
+    # 20 losses / 8 wins: two-sided p = 0.036 on its own; twice over two benches Holm lifts it to 0.072.
+    cmp = _two_benches(tmp_path / "weak", _flips(200, 80, 20, 8, seed=5), _flips(200, 80, 20, 8, seed=6))
     arith, gsm8k = cmp.benches
-    assert [arith.p_degraded_holm, gsm8k.p_degraded_holm] == pytest.approx(stats.holm([arith.p_degraded, gsm8k.p_degraded]))
-    assert arith.p_degraded < 0.05 <= arith.p_degraded_holm  # significant alone, not after Holm
+    assert [arith.p_holm, gsm8k.p_holm] == pytest.approx(stats.holm([arith.p_two_sided, gsm8k.p_two_sided]))
+    assert arith.p_two_sided < 0.05 <= arith.p_holm  # significant alone, not after Holm
     assert not cmp.degraded and cmp.verdict_line == "no degradation detected on 2 bench(es)"
-    assert arith.mde_alpha == 0.025 and "Holm over the 2 bench(es)" in cmp.method
+    assert "Holm over the 2 bench(es)" in cmp.method
+    # Not rejected: both intervals at alpha / 2 and both contain 0.
+    assert arith.ci_level == pytest.approx(0.975) and arith.delta_ci[0] < 0 < arith.delta_ci[1]
     # A strong drop on one bench: Holm's first step passes it, the weak one gets p x 1 at the second.
-    cmp = _two_benches(tmp_path / "strong", _flips(200, 80, 30, 5, seed=7), _flips(200, 80, 17, 7, seed=8))
+    cmp = _two_benches(tmp_path / "strong", _flips(200, 80, 30, 5, seed=7), _flips(200, 80, 20, 8, seed=8))
     arith, gsm8k = cmp.benches
     assert arith.verdict == gsm8k.verdict == "DEGRADED"
+    # Each interval sits at the Holm step that rejected its bench, and excludes 0.
+    assert (arith.ci_level, gsm8k.ci_level) == pytest.approx((0.975, 0.95))
+    assert arith.delta_ci[1] < 0 and gsm8k.delta_ci[1] < 0
     assert cmp.verdict_line == "DEGRADED: arith, gsm8k (2 of 2 benches)"
 
 
@@ -226,14 +235,14 @@ def test_cli_json_carries_the_table_numbers(tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     row = data["benches"][0]
     ref = compare.compare_runs(base, cand).benches[0]
-    for field in ("b", "c", "p_degraded", "p_degraded_holm", "p_degraded_midp", "mde", "delta", "verdict"):
+    for field in ("b", "c", "p_two_sided", "p_holm", "p_degraded_midp", "drop_bound", "delta", "verdict"):
         assert row[field] == pytest.approx(getattr(ref, field)) if isinstance(row[field], float) else row[field] == getattr(ref, field)
     assert row["delta_ci"] == pytest.approx(list(ref.delta_ci))
     assert row["truncation"]["p_more"] == ref.truncation.p_more
     assert data["verdict_line"].startswith("DEGRADED")
     assert main(["compare", str(base.dir), str(cand.dir)]) == 1
     table = capsys.readouterr().out
-    assert "Δ pts [95% CI]" in table and "MDE" in table and "verdict: DEGRADED" in table
+    assert "Δ pts [interval]" in table and "no drop larger than" in table and "verdict: DEGRADED" in table
 
 
 # --- early stop -----------------------------------------------------------------------------------
