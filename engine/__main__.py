@@ -43,7 +43,10 @@ def _run_parser() -> argparse.ArgumentParser:
                    "is a reasoning bench (aime, hmmt), else off")
     p.add_argument("--sandbox", default="bwrap", choices=("bwrap", "none"),
                    help="where model-written code runs: bwrap (default) or none = UNSANDBOXED, at your own risk")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed: every request's own seed derives from it (and the items, "
+                   "unless --item-seed)")
+    p.add_argument("--item-seed", type=int, default=None, help="seed of the tier's item selection (default: --seed); keep it "
+                   "fixed to rerun the same items at another --seed")
     p.add_argument("--samples", type=int, default=1, help="samples per item (each with its own seed)")
     p.add_argument("--sampling", default=None, help="preset: qwen-think | qwen-nothink | greedy (default follows --think)")
     for name, typ in (("temperature", float), ("top-p", float), ("top-k", int), ("min-p", float), ("presence-penalty", float), ("repetition-penalty", float)):
@@ -125,6 +128,7 @@ def cmd_run(argv: list[str]) -> int:
         engine=_engine_spec(args),
         data_dir=args.data_dir,
         limit=args.limit,
+        item_seed=args.item_seed,
     )
     run_dir = args.out or runner.default_run_dir(plan.spec)
 
@@ -519,9 +523,44 @@ def cmd_determinism(argv: list[str]) -> int:
     return EXIT_OK
 
 
+def cmd_noise_floor(argv: list[str]) -> int:
+    from engine import baselines, noise_floor
+    from engine.records import read_run
+
+    p = argparse.ArgumentParser(
+        prog="python -m engine noise-floor",
+        description="Rerun a baseline twice (same per-request seeds; other sampling seeds on the same items) and store "
+        "how often it disagrees with itself beside it (noise_floor.json): compare then plans power and the "
+        "non-inferiority margin from a measured number.",
+    )
+    p.add_argument("--model", required=True, help="the baseline's model (checkpoint dir or smollm2-135m)")
+    p.add_argument("--baseline", required=True, help="the baseline run dir, or a name under baselines/")
+    p.add_argument("--data-dir", type=Path, default=None, help="the data the baseline ran on (as for a run)")
+    p.add_argument("--out", type=Path, default=None, help="where the two reruns go (default runs/noise-floor-<model>-<run>)")
+    p.add_argument("-c", "--concurrency", type=int, default=64, help="requests in flight (default 64)")
+    p.add_argument("--kv-cache-gib", type=float, default=None, help="KV cache size (vllm)")
+    args = p.parse_args(argv)
+    if Path(args.baseline, "spec.json").is_file():
+        base_dir = Path(args.baseline)
+    else:
+        folder = baselines.baselines_root() / args.baseline
+        found = sorted(folder.glob("*/spec.json"))
+        if len(found) != 1:
+            raise UserError(f"--baseline {args.baseline}: give the run directory ({len(found)} runs under {folder})")
+        base_dir = found[0].parent
+    base = read_run(base_dir)
+    out = args.out or Path("runs") / f"noise-floor-{base.spec.model}-{base_dir.name}"
+    floor = noise_floor.measure(
+        base_dir, model=args.model, data_dir=args.data_dir, out_root=out, concurrency=args.concurrency, kv_cache_gib=args.kv_cache_gib
+    )
+    print(noise_floor.format_floor(floor))
+    print(f"stored in {base_dir / 'noise_floor.json'}")
+    return EXIT_OK
+
+
 SUBCOMMANDS = {
     "compare": cmd_compare, "report": cmd_report, "degrade": cmd_degrade, "model": cmd_model, "data": cmd_data,
-    "determinism": cmd_determinism, "probe": cmd_probe,
+    "determinism": cmd_determinism, "probe": cmd_probe, "noise-floor": cmd_noise_floor,
 }
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from engine import sequential, stats
 from engine.baselines import check_comparable, shared_benches, ungraded_benches
 from engine.pairing import PairedItems, StratumOf, category_of, grouped, pair_items, per_item_values
-from engine.records import ItemRecord, Run
+from engine.records import ItemRecord, Run, read_noise_floor
 
 POWER = 0.8  # power at which planned sensitivity is quoted
 
@@ -599,6 +599,10 @@ def compare_runs(
     SHOWN verdicts); planned_discordance: per bench, the shared-seed discordance measured before (the
     baseline's A/A), for planned power and margin."""
     waived = [(d.field, d.baseline, d.candidate) for d in check_comparable(base, cand, waive)]
+    if planned_discordance is None:
+        floor = read_noise_floor(base.dir)  # measured once beside the baseline, when it was
+        if floor is not None:
+            planned_discordance = {name: b.same_seed for name, b in floor.benches.items()}
     design = sequential.read_design(cand.dir)
     names = shared_benches(base, cand)
     rows: list[BenchComparison] = []

@@ -255,3 +255,28 @@ def read_notes(run_dir: Path) -> list[Note]:
         except (msgspec.DecodeError, msgspec.ValidationError):
             continue  # notes are advisory; a torn one is not worth failing a comparison
     return notes
+
+
+NOISE_FLOOR_FILE = "noise_floor.json"  # beside a baseline: written by `python -m engine noise-floor`
+
+
+class BenchNoise(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    n: int  # items paired
+    same_seed: float  # share of items whose value differs from the baseline's, same per-request seeds
+    other_seed: float  # the same with other sampling seeds (same items)
+
+
+class NoiseFloor(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    same_seed_run: str
+    other_seed_run: str
+    benches: dict[str, BenchNoise]
+
+
+def read_noise_floor(run_dir: Path) -> NoiseFloor | None:
+    path = Path(run_dir) / NOISE_FLOOR_FILE
+    if not path.is_file():
+        return None
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=NoiseFloor)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise UserError(f"{path}: invalid noise floor ({exc}); rerun `python -m engine noise-floor` to rewrite it") from exc

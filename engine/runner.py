@@ -104,6 +104,7 @@ def plan_run(
     engine: EngineSpec,
     data_dir: Path | None,
     limit: int | None = None,
+    item_seed: int | None = None,
 ) -> RunPlan:
     """Items, prompts and the spec of a run. An engine spec with max_model_len 0 gets one sized to fit
     the longest prompt plus its cap."""
@@ -129,7 +130,7 @@ def plan_run(
         all_items = module.load(data_dir)
         if not all_items:
             raise UserError(f"{module.NAME}: the data holds no items")
-        items = bench_registry.select_items(all_items, tier, module.NAME, seed)
+        items = bench_registry.select_items(all_items, tier, module.NAME, seed if item_seed is None else item_seed)
         if limit is not None:
             # The chosen ids go into items_fingerprint, so a limited run never grades against a full one.
             items = items[:limit]
@@ -168,6 +169,7 @@ def plan_run(
         base_model=models.base_model_of(checkpoint) if checkpoint is not None else None,
         tier=tier,
         seed=seed,
+        item_seed=seed if item_seed is None else item_seed,
         think=think,
         samples=samples,
         sampling=sampling,

@@ -138,7 +138,10 @@ class RunSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     # where its baseline is looked for, by the run and later by compare and report alike.
     base_model: str | None = None
     tier: str
-    seed: int
+    seed: int  # per-request sampling seeds (common random numbers between baseline and candidate)
+    # Which items a subset tier picks. By default the same as `seed`; set apart (`--item-seed`) so that
+    # a rerun at another sampling seed runs the same items (the noise floor's other-seed rerun).
+    item_seed: int = 0
     think: bool
     samples: int
     sampling: SamplingConfig
@@ -161,7 +164,8 @@ ROLES: dict[type, dict[str, str]] = {
         "model_fingerprint": INFORMATIVE,
         "base_model": INFORMATIVE,
         "tier": CONTRACT,
-        "seed": CONTRACT,  # item selection and per-request seeds (common random numbers)
+        "seed": CONTRACT,  # per-request seeds (common random numbers); waivable for noise-floor reruns
+        "item_seed": CONTRACT,  # the items themselves (also fixed by each bench's items_fingerprint)
         "think": CONTRACT,
         "samples": CONTRACT,
         "sampling": CONTRACT,
