@@ -508,6 +508,14 @@ def compare_runs(
         for bench, records in run.records.items()
         if any(r.extra.get("sandbox") == "none" for r in records)
     ]
+    # read_run verified each run's manifest (a records file changed after completion is an error there).
+    if base.manifest or cand.manifest:
+        notes.append(
+            "records: " + "; ".join(
+                f"{side} manifest {run.manifest}" + (" (run not completed)" if run.manifest == "absent" else "")
+                for run, side in ((base, "baseline"), (cand, "candidate")) if run.manifest
+            )
+        )
     return Comparison(
         baseline=str(base.dir),
         candidate=str(cand.dir),

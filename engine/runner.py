@@ -27,10 +27,14 @@ from engine.records import (
     RunLock,
     RunSpec,
     SamplingConfig,
+    atomic_write,
+    clear_manifest,
     encode_spec,
     iter_contract,
     read_spec,
     records_path,
+    refuse_symlinks,
+    write_manifest,
 )
 
 HARNESS_VERSION = "0.1.0"
@@ -174,6 +178,7 @@ def default_run_dir(spec: RunSpec) -> Path:
 def prepare_run_dir(run_dir: Path, spec: RunSpec) -> None:
     """Create the run dir, or check that an existing one holds this very run (then we resume)."""
     spec_path = run_dir / SPEC_FILE
+    refuse_symlinks(run_dir)
     if spec_path.is_file():
         old = read_spec(run_dir)
         old_fields = dict(iter_contract(old)) | {"model_fingerprint": old.model_fingerprint}
@@ -188,9 +193,7 @@ def prepare_run_dir(run_dir: Path, spec: RunSpec) -> None:
             )
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = spec_path.with_suffix(".tmp")
-    tmp.write_bytes(encode_spec(spec))
-    tmp.rename(spec_path)
+    atomic_write(spec_path, encode_spec(spec))
 
 
 def _reasoning_tokens(tokenizer, reasoning: str) -> int:
@@ -231,7 +234,9 @@ async def execute(
                 pending[name] = [] if monitor.stopped else monitor.sort_pending(pending[name])
         if not any(pending.values()):
             print(f"{run_dir}: all items already done", file=sys.stderr)
+            write_manifest(run_dir, list(plan.benches))
             return
+        clear_manifest(run_dir)  # written again once every pending item is on disk
         tokenizer = load_tokenizer(plan.checkpoint) if spec.think else None
         t0 = time.monotonic()
         backend = await open_backend(
@@ -244,6 +249,7 @@ async def execute(
                     name, bench, pending[name], writers[name], backend, spec, concurrency, tokenizer,
                     monitor=monitors.get(name), run_dir=run_dir,
                 )
+        write_manifest(run_dir, list(plan.benches))
     finally:
         for writer in writers.values():
             writer.close()
