@@ -508,6 +508,10 @@ def compare_runs(
         for bench, records in run.records.items()
         if any(r.extra.get("sandbox") == "none" for r in records)
     ]
+    for run, side in ((base, "baseline"), (cand, "candidate")):
+        for bench, records in run.records.items():
+            if errors := sum("scorer_error" in r.extra for r in records):
+                notes.append(f"⚠ {bench}: {errors} scorer error(s) in the {side}, scored as wrong (extra.scorer_error)")
     # read_run verified each run's manifest (a records file changed after completion is an error there).
     if base.manifest or cand.manifest:
         notes.append(

@@ -196,6 +196,30 @@ def prepare_run_dir(run_dir: Path, spec: RunSpec) -> None:
     atomic_write(spec_path, encode_spec(spec))
 
 
+SCORER_TIMEOUT_S = 300.0  # a backstop: scorers that can hang (math, code) bound themselves much tighter
+
+
+async def score_guarded(module: ModuleType, item: Item, answer_text: str) -> bench_registry.Scored:
+    """The bench's score, or a recorded scorer error: a scorer never crashes a run.
+
+    A seeded completion that crashes its scorer would crash every resume again, so an exception, a
+    timeout or a score outside [0, 1] becomes a wrong answer with `extra["scorer_error"]`.
+    Scoring may be slow (sandboxed code, symbolic math): it runs off the event loop. A thread cannot be
+    killed: after a timeout it finishes (or not) in the background, its result ignored.
+    """
+    try:
+        scored = await asyncio.wait_for(asyncio.to_thread(module.score, item, answer_text), SCORER_TIMEOUT_S)
+        if not 0.0 <= scored.score <= 1.0:
+            raise ValueError(f"score {scored.score!r} outside [0, 1]")
+        return scored
+    except TimeoutError:
+        error = f"timed out after {SCORER_TIMEOUT_S:g}s"
+    except Exception as exc:  # noqa: BLE001 - any scorer bug becomes a recorded error, not a crash
+        error = f"{type(exc).__name__}: {exc}"[:300]
+    print(f"warning: {module.NAME} item {item.id}: scorer error ({error}); recorded as wrong", file=sys.stderr)
+    return bench_registry.Scored(answer=None, score=0.0, extra={"scorer_error": error})
+
+
 def _reasoning_tokens(tokenizer, reasoning: str) -> int:
     return len(tokenizer.encode(reasoning, add_special_tokens=False)) if reasoning else 0
 
@@ -292,8 +316,7 @@ async def _run_bench(
         if answer_text is None:
             scored = bench_registry.Scored(answer=None, score=0.0, extra={"cut_in_reasoning": True})
         else:
-            # Scoring may be slow (sandboxed code, symbolic math): keep it off the event loop.
-            scored = await asyncio.to_thread(bench.module.score, item, answer_text)
+            scored = await score_guarded(bench.module, item, answer_text)
         record = ItemRecord(
             item_id=item.id,
             sample=k,
