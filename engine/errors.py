@@ -11,3 +11,12 @@ class NotComparable(Exception):
     """Two runs whose contract fields differ: exit code 3."""
 
     exit_code = 3
+
+
+class Interrupted(Exception):
+    """Ctrl-C / SIGTERM: the run stopped cleanly; finished items are on disk. Exit code 130."""
+
+    exit_code = 130
+
+
+EXIT_CRASH = 4  # an unexpected error: never read as a verdict (0 no degradation, 1 degraded)

@@ -394,6 +394,18 @@ class RunLock:
         os.close(self._fd)
 
 
+def progress(run_dir: Path, spec: RunSpec) -> tuple[int, int]:
+    """(item samples on disk, item samples the run will have): what 'interrupted: N of M done' says."""
+    done = total = 0
+    for bench in spec.benches:
+        total += bench.n_items * bench.samples
+        path = records_path(run_dir, bench.name)
+        if path.is_file() and not path.is_symlink():
+            scanned, _, _ = _scan(path)
+            done += len({(rec.item_id, rec.sample) for _, rec in scanned})
+    return done, total
+
+
 def records_path(run_dir: Path, bench: str) -> Path:
     return Path(run_dir) / RECORDS_DIR / f"{bench}.jsonl"
 
