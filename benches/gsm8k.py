@@ -49,13 +49,23 @@ def messages(item: Item, think: bool) -> list[dict[str, str]]:
     return [{"role": "user", "content": PROMPT.format(question=item.question)}]
 
 
+_DECIMAL = re.compile(r"(-?)(\d*)(?:\.(\d*))?")
+
+
 def _normalize(number: str) -> str:
+    """Canonical decimal text of a number ('007.50' -> '7.5', '-0' -> '0'), exactly, as a string.
+
+    Never through float: a completion may end in a number of hundreds of digits (float() gives inf and
+    int(inf) raises), and past 15 digits floats would call different numbers equal.
+    """
     number = number.replace(",", "").replace("$", "").rstrip(".")
-    try:
-        value = float(number)
-    except ValueError:
+    match = _DECIMAL.fullmatch(number)
+    if match is None or not (match[2] or match[3]):
         return number
-    return str(int(value)) if value == int(value) else str(value)
+    whole = match[2].lstrip("0") or "0"
+    fraction = (match[3] or "").rstrip("0")
+    sign = "" if whole == "0" and not fraction else match[1]
+    return f"{sign}{whole}.{fraction}" if fraction else f"{sign}{whole}"
 
 
 def score(item: Item, text: str) -> Scored:

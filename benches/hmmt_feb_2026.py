@@ -13,7 +13,7 @@ from pathlib import Path
 from benches import Item, Scored, data, math_answer
 
 NAME = "hmmt_feb_2026"
-VERSION = "1"
+VERSION = "2"  # 2: exact equivalence (12 decimal places), LaTeX spacing normalised
 THINK = True  # the bench is meant for reasoning mode
 SAMPLES = 4
 PER_ITEM = "majority"  # maj@4 over math_answer's vote keys (engine/pairing.py)

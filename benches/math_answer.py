@@ -3,7 +3,13 @@
 Extraction follows MathArena: the content of the last `\\boxed{...}` / `\\fbox{...}` with balanced braces
 (boxes nested inside it are unwrapped); no box means no answer, which is wrong.
 
-Equivalence is math-verify's (`verify(parse(gold), parse(answer))`, gold first: it is not symmetric).
+Equivalence is math-verify's (`verify(parse(gold), parse(answer))`, gold first: it is not symmetric),
+made exact for these exact-answer contests: by default math-verify calls a decimal equal to a closed
+form when they agree to 6 decimal places (`0.707107` for `\\frac{\\sqrt{2}}{2}`), so a wrong answer that
+is merely close would score. Here a decimal must agree to FLOAT_ROUNDING = 12 decimal places, and a
+symbolic difference must vanish at NUMERIC_PRECISION = 50 significant digits. Before parsing, LaTeX
+spacing is normalised (`normalize_spacing`): digit grouping with thin spaces (`1\\,000`, `1\\;000`,
+`1~000`, `1{,}000`, U+2009) is joined, other spacing commands become a plain space.
 math-verify bounds its own time with SIGALRM, which only works in a main thread, and sympy can still
 hang inside C (`\\boxed{10^{10^{10}}}` never returns). So every check runs in a small pool of worker
 processes (plain `python -c` children), in their main thread where math-verify's own 5 s alarms work,
@@ -40,6 +46,8 @@ from engine.errors import UserError
 VERSION = "2"
 
 CHECK_TIMEOUT_S = 20.0
+FLOAT_ROUNDING = 12  # decimal places to which a decimal answer must match (math-verify's default: 6)
+NUMERIC_PRECISION = 50  # significant digits at which a symbolic difference must vanish (default 15)
 WORKER_MEMORY_MB = 2048  # sympy building a huge integer fails with MemoryError instead of eating the box
 INNER_TIMEOUT_S = 5  # math-verify's own alarm per parse/compare, inside a worker
 
@@ -114,7 +122,8 @@ for line in sys.stdin:
     try:
         gold_parsed = parse(f"${gold}$", parsing_timeout=TIMEOUT)
         answer_parsed = parse(f"${answer}$", parsing_timeout=TIMEOUT)
-        reply = [bool(verify(gold_parsed, answer_parsed, timeout_seconds=TIMEOUT)), str(answer_parsed[0]) if answer_parsed else None]
+        equal = verify(gold_parsed, answer_parsed, float_rounding=ROUNDING, numeric_precision=PRECISION, timeout_seconds=TIMEOUT)
+        reply = [bool(equal), str(answer_parsed[0]) if answer_parsed else None]
     except Exception:  # MemoryError, sympy internals: not shown equal
         reply = [False, None]
     print(json.dumps(reply), file=replies, flush=True)
@@ -123,7 +132,12 @@ for line in sys.stdin:
 
 class _Worker:
     def __init__(self) -> None:
-        code = _WORKER.replace("MEMORY", str(WORKER_MEMORY_MB << 20)).replace("TIMEOUT", str(INNER_TIMEOUT_S))
+        code = (
+            _WORKER.replace("MEMORY", str(WORKER_MEMORY_MB << 20))
+            .replace("TIMEOUT", str(INNER_TIMEOUT_S))
+            .replace("ROUNDING", str(FLOAT_ROUNDING))
+            .replace("PRECISION", str(NUMERIC_PRECISION))
+        )
         self.proc = subprocess.Popen(
             [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
         )
@@ -176,9 +190,22 @@ def _take_worker() -> _Worker:
         raise
 
 
+# Spacing commands of LaTeX (and Unicode spaces) that may group digits: `1\,000`, `1~000`, `1{,}000`.
+_SPACE = r"(?:\\[,;:! ]|\\(?:thinspace|medspace|thickspace|enspace|nobreakspace)(?![a-zA-Z]) ?|~|\{,\}|[\u00a0\u2009\u202f])"
+_DIGIT_GROUP = re.compile(rf"(?<=\d){_SPACE}(?=\d{{3}}(?!\d))")
+_OTHER_SPACE = re.compile(rf"{_SPACE}|\\q?quad(?![a-zA-Z])|\\hspace\*?\{{[^{{}}]*\}}")
+
+
+def normalize_spacing(latex: str) -> str:
+    """Join digit groups separated by LaTeX spacing; any other spacing command becomes one space."""
+    latex = _DIGIT_GROUP.sub("", latex)
+    return _OTHER_SPACE.sub(lambda m: "" if m.group() == "\\!" else " ", latex)
+
+
 def check(gold: str, answer: str, timeout_s: float = CHECK_TIMEOUT_S) -> Check:
-    """Is `answer` equivalent to `gold` (both LaTeX without $)? Thread-safe, bounded in time."""
-    return _check_cached(gold, answer, timeout_s)
+    """Is `answer` equivalent to `gold` (both LaTeX without $)? Thread-safe, bounded in time, exact
+    up to the documented FLOAT_ROUNDING / NUMERIC_PRECISION."""
+    return _check_cached(normalize_spacing(gold), normalize_spacing(answer), timeout_s)
 
 
 @functools.lru_cache(maxsize=65536)

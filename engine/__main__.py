@@ -11,20 +11,26 @@
     python -m engine determinism --model M [--configs ...]        which engine settings break bit-exact outputs
 
 Exit codes: 0 no degradation detected, 1 degradation detected, 2 bad input, 3 not comparable,
-5 incomplete (a run lacks items or samples against its spec).
+4 unexpected error (traceback in the run's harness.log), 5 incomplete (a run lacks items or samples against
+its spec), 130 interrupted (rerun to resume).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
-from engine.errors import NotComparable, UserError
+from engine import checks
+from engine.errors import EXIT_CRASH, EngineFailed, Interrupted, NotComparable, UserError
 
 EXIT_OK, EXIT_DEGRADED = 0, 1
 EXIT_INCOMPLETE = 5  # a run lacks items or samples against its spec: not graded (see --allow-incomplete)
+# The run directory of the command in progress, once known: where a crash's traceback is logged.
+_log_dir: Path | None = None
 
 
 def _run_parser() -> argparse.ArgumentParser:
@@ -32,8 +38,12 @@ def _run_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(
         prog="python -m engine",
-        description="Run benches on a model and, given a baseline, grade it with paired tests. "
-        "Subcommands: compare, degrade, model (see `python -m engine SUBCOMMAND -h`).",
+        description="Run benches on a model and, given a baseline, grade it with paired tests.",
+        epilog="other commands (see `python -m engine COMMAND -h`):\n"
+        + "\n".join(f"  {name:<12} {about}" for name, about in SUBCOMMAND_HELP.items())
+        + "\n\nexit codes: 0 no degradation detected, 1 degraded, 2 bad input, 3 not comparable, "
+        "4 unexpected error, 130 interrupted",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", required=True, help="HF checkpoint dir, or 'smollm2-135m' (embedded tiny model)")
     p.add_argument("--tier", default="smoke", help="smoke (150/bench) | standard | full (default smoke)")
@@ -75,7 +85,7 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default=None, help="baseline run dir, a name under baselines/ (default: found by model), or 'none'")
     p.add_argument("--allow-differ", default="", help="contract fields to waive in the comparison (seed, engine.*, or "
                    "'engine' for every engine field)")
-    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level of the comparison, in (0, 1) (default 0.05)")
     _grading_args(p)
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.add_argument("--early-stop", action="store_true", help="stop a bench once its degradation is certain "
@@ -93,10 +103,18 @@ def _run_parser() -> argparse.ArgumentParser:
 def cmd_run(argv: list[str]) -> int:
     import benches
     from engine import baselines, runner, sandbox
-    from engine.records import read_run
+    from engine.records import progress, read_run
     from engine.sampling import resolve_sampling
 
+    global _log_dir
     args = _run_parser().parse_args(argv)
+    for flag in ("limit", "max_tokens", "samples", "concurrency", "tp", "max_model_len"):
+        checks.at_least_one("--" + flag.replace("_", "-"), getattr(args, flag))
+    if args.kv_cache_gib is not None and not args.kv_cache_gib > 0:
+        raise UserError(f"--kv-cache-gib {args.kv_cache_gib:g}: must be positive")
+    checks.alpha(args.alpha)
+    _waivers(args.allow_differ)  # an unknown name is bad input, found before any model loads
+    checks.writable_dir("--out", args.out)
     bench_names = [b.strip() for b in args.benches.split(",") if b.strip()]
     if not bench_names:
         raise UserError("--benches: give at least one bench")
@@ -141,14 +159,20 @@ def cmd_run(argv: list[str]) -> int:
 
     if args.dry_run:
         return _dry_run(args, plan, run_dir, waive, start_backend)
+    checks.writable_dir("--out", run_dir)
     runner.prepare_run_dir(run_dir, plan.spec, plan.load_notes)
+    _log_dir = Path(run_dir)
     print(f"run dir: {run_dir}", file=sys.stderr)
     if _probe_tier0(args, run_dir) == EXIT_DEGRADED:
         return EXIT_DEGRADED
     early_base = _early_stop_baseline(args, plan, run_dir, waive) if args.early_stop else None
-    runner.run_event_loop(
-        runner.execute(plan, run_dir, start_backend, concurrency=args.concurrency, baseline=early_base, alpha=args.alpha)
-    )
+    try:
+        runner.run_event_loop(
+            runner.execute(plan, run_dir, start_backend, concurrency=args.concurrency, baseline=early_base, alpha=args.alpha)
+        )
+    except KeyboardInterrupt:
+        done, total = progress(run_dir, plan.spec)
+        raise Interrupted(f"interrupted: {done} of {total} done; rerun the same command to resume") from None
     cand = read_run(run_dir)
     resolved = baselines.resolve_baseline(args.baseline, cand, _model_names(cand), waive)
     if resolved.run is None:
@@ -283,8 +307,8 @@ def cmd_probe(argv: list[str]) -> int:
         prog="python -m engine probe",
         description="KL probe: build a baseline's reference (--build-reference --out REF) or score a candidate against one (--reference REF).",
     )
-    p.add_argument("--model", required=True)
-    p.add_argument("--build-reference", action="store_true")
+    p.add_argument("--model", required=True, help="HF checkpoint dir, or 'smollm2-135m'")
+    p.add_argument("--build-reference", action="store_true", help="build a baseline's reference (needs --out or --from-run)")
     p.add_argument("--out", type=Path, default=None, help="reference file (.dhref) or directory (default: --from-run's directory)")
     p.add_argument("--reference", type=Path, default=None, help="reference to score --model against")
     p.add_argument("--from-run", type=Path, default=None, help="baseline run whose completions are the probe text")
@@ -295,17 +319,19 @@ def cmd_probe(argv: list[str]) -> int:
     p.add_argument("--think", action="store_true", help="chat template with thinking (default: the --from-run's mode)")
     p.add_argument("--top-k", default="64", help="reference bins per position, or 'full' (whole vocabulary)")
     p.add_argument("--store-dtype", default="float32", help="float32 | float16 (log-probs of the bins)")
-    p.add_argument("--backend", default="vllm", choices=["vllm", "hf"])
-    p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--backend", default="vllm", choices=["vllm", "hf"], help="engine (default vllm)")
+    p.add_argument("--dtype", default="bfloat16", help="model dtype (default bfloat16)")
+    p.add_argument("--tp", type=int, default=1, help="tensor parallel size (vllm)")
     p.add_argument("--gate", type=float, default=None, metavar="KL", help="exit 1 when mean KL exceeds KL")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = p.parse_args(argv)
+    top_k = checks.top_k(args.top_k)
+    checks.at_least_one("--tokens", args.tokens)
+    checks.at_least_one("--tp", args.tp)
     if args.build_reference:
         out = args.out or args.from_run
         if out is None:
             raise UserError("probe --build-reference: give --out REF (or --from-run RUN to store it with the baseline run)")
-        top_k = 0 if args.top_k == "full" else int(args.top_k)
         path, ref = probe_run.build_reference(
             model=args.model, out=out, run_dir=args.from_run, data_dir=args.data_dir, text_files=args.text, tier=args.tier,
             think=args.think, top_k=top_k, logprob_dtype=args.store_dtype, backend=args.backend, dtype=args.dtype, tp=args.tp,
@@ -364,15 +390,17 @@ def cmd_compare(argv: list[str]) -> int:
     from engine.records import read_run
 
     p = argparse.ArgumentParser(prog="python -m engine compare", description="Grade run CAND against baseline run BASE.")
-    p.add_argument("base", type=Path)
-    p.add_argument("cand", type=Path)
-    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("base", type=Path, help="baseline run directory")
+    p.add_argument("cand", type=Path, help="candidate run directory")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level, in (0, 1) (default 0.05)")
     p.add_argument("--allow-differ", default="", help="contract fields to waive (seed, engine.backend, engine.dtype, ..., or 'engine')")
     _grading_args(p)
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     args = p.parse_args(argv)
+    checks.alpha(args.alpha)
+    waive = _waivers(args.allow_differ)
     return _compare_and_print(
-        read_run(args.base), read_run(args.cand), args.alpha, _waivers(args.allow_differ), args.json, args.allow_incomplete, args.margin
+        read_run(args.base), read_run(args.cand), args.alpha, waive, args.json, args.allow_incomplete, args.margin
     )
 
 
@@ -384,13 +412,15 @@ def cmd_report(argv: list[str]) -> int:
         prog="python -m engine report",
         description="Write a self-contained HTML report of RUN (graded against a baseline when one is given or found).",
     )
-    p.add_argument("run", type=Path)
+    p.add_argument("run", type=Path, help="run directory to report")
     p.add_argument("--baseline", default=None, help="baseline run dir or name under baselines/ (default: found by model)")
     p.add_argument("--html", type=Path, required=True, help="output file")
-    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level, in (0, 1) (default 0.05)")
     p.add_argument("--allow-differ", default="", help="contract fields to waive (seed, engine.backend, engine.dtype, ..., or 'engine')")
     _grading_args(p)
     args = p.parse_args(argv)
+    checks.alpha(args.alpha)
+    checks.writable_file("--html", args.html)
     cand = read_run(args.run)
     waive = _waivers(args.allow_differ)
     try:
@@ -418,11 +448,12 @@ def cmd_degrade(argv: list[str]) -> int:
     from engine.degrade import degrade
 
     p = argparse.ArgumentParser(prog="python -m engine degrade", description="Write a degraded copy of a checkpoint.")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="HF checkpoint dir, or 'smollm2-135m'")
     p.add_argument("--method", required=True, help="rtn-int8 | rtn-int4 | rtn-int3 | prune-N | noise-S")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="directory of the degraded checkpoint")
     p.add_argument("--seed", type=int, default=0, help="seed of noise-S")
     args = p.parse_args(argv)
+    checks.writable_dir("--out", args.out)
     print(degrade(args.model, args.method, args.out, seed=args.seed))
     return EXIT_OK
 
@@ -431,7 +462,7 @@ def cmd_model(argv: list[str]) -> int:
     from engine import models
 
     p = argparse.ArgumentParser(prog="python -m engine model", description="Build or resolve a model; print its checkpoint dir.")
-    p.add_argument("--model", default=models.SMOLLM2_NAME)
+    p.add_argument("--model", default=models.SMOLLM2_NAME, help="HF checkpoint dir, or 'smollm2-135m' (default)")
     args = p.parse_args(argv)
     checkpoint = models.resolve_model(args.model)
     print(checkpoint)
@@ -492,16 +523,19 @@ def cmd_determinism(argv: list[str]) -> int:
     p.add_argument("--n", type=int, default=32, help="prompts per bench (or first N of --prompts; default 32)")
     p.add_argument("--repeats", type=int, default=3, help="repeats per configuration (default 3)")
     p.add_argument("--configs", default=",".join(determinism.CONFIGS), help=f"comma list of {', '.join(determinism.CONFIGS)}")
-    p.add_argument("--max-tokens", type=int, default=128)
-    p.add_argument("--backend", default="vllm", choices=["vllm", "hf"])
-    p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-tokens", type=int, default=128, help="generation cap per prompt (default 128)")
+    p.add_argument("--backend", default="vllm", choices=["vllm", "hf"], help="engine (default vllm)")
+    p.add_argument("--dtype", default="bfloat16", help="model dtype (default bfloat16)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampled requests (default 0)")
     p.add_argument("--think", action="store_true", help="reasoning mode (chat template and sampling preset)")
     p.add_argument("--sampling", default=None, help="preset of the sampled mode (default follows --think)")
-    p.add_argument("--kv-cache-gib", type=float, default=None)
+    p.add_argument("--kv-cache-gib", type=float, default=None, help="KV cache size (vllm)")
     p.add_argument("--out", type=Path, default=None, help="records dir (default runs/determinism-<model>-...)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     args = p.parse_args(argv)
+    for flag in ("n", "repeats", "max_tokens"):
+        checks.at_least_one("--" + flag.replace("_", "-"), getattr(args, flag))
+    checks.writable_dir("--out", args.out)
     determinism.command(
         model=args.model,
         bench_names=[b.strip() for b in args.benches.split(",") if b.strip()],
@@ -562,13 +596,55 @@ SUBCOMMANDS = {
     "compare": cmd_compare, "report": cmd_report, "degrade": cmd_degrade, "model": cmd_model, "data": cmd_data,
     "determinism": cmd_determinism, "probe": cmd_probe, "noise-floor": cmd_noise_floor,
 }
+SUBCOMMAND_HELP = {
+    "compare": "grade run CAND against baseline run BASE",
+    "report": "self-contained HTML report of a run",
+    "degrade": "write a degraded copy of a checkpoint (rtn-int8/4/3, prune-N, noise-S)",
+    "model": "build or resolve a model, print its checkpoint dir",
+    "data": "data fetch: download the benches' pinned hub datasets",
+    "determinism": "which engine settings break bit-exact outputs",
+    "probe": "KL probe: build a baseline's reference, or score a candidate against one",
+    "noise-floor": "rerun a baseline (same and other sampling seeds) and store its self-disagreement beside it",
+}
+
+
+def _sigterm_as_interrupt(signum, frame) -> None:
+    # SIGTERM (a scheduler, `kill`) stops a run as Ctrl-C does: cleanly, finished items kept.
+    raise KeyboardInterrupt
+
+
+def _log_crash(exc: BaseException) -> Path | None:
+    """Append the traceback to the run's harness.log (else to a log under the cache dir); its path."""
+    import time
+    import traceback
+
+    from engine.models import cache_dir
+
+    text = f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()}: {' '.join(sys.argv)}\n"
+    text += "".join(traceback.format_exception(exc))
+    candidates = [_log_dir / "harness.log"] if _log_dir is not None else []
+    candidates.append(cache_dir() / "logs" / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
+    for path in candidates:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            with os.fdopen(fd, "a") as f:
+                f.write(text)
+            return path
+        except OSError:
+            continue
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     command = SUBCOMMANDS.get(argv[0]) if argv else None
     try:
+        if argv and command is None and not argv[0].startswith("-"):
+            raise checks.unknown_command(argv[0], list(SUBCOMMANDS))
         return command(argv[1:]) if command else cmd_run(argv)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -576,9 +652,22 @@ def main(argv: list[str] | None = None) -> int:
     except NotComparable as exc:
         print(str(exc))
         return exc.exit_code
+    except Interrupted as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
+    except EngineFailed as exc:  # the engine or server went away mid-run: said in one line, no verdict
+        log = _log_crash(exc)
+        print(f"error: {exc}" + (f" (details in {log})" if log else ""), file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted: finished items are on disk; rerun the same command to resume", file=sys.stderr)
-        return 130
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return Interrupted.exit_code
+    except Exception as exc:  # noqa: BLE001 - a crash must never exit 1 ("degraded") or 0
+        log = _log_crash(exc)
+        summary = (str(exc).strip().splitlines() or [""])[0][:300]
+        where = f"traceback in {log}" if log else "the traceback could not be written"
+        print(f"error: unexpected {type(exc).__name__}: {summary} ({where}); exit {EXIT_CRASH}", file=sys.stderr)
+        return EXIT_CRASH
 
 
 if __name__ == "__main__":

@@ -693,6 +693,18 @@ def compare_runs(
     if ungraded:
         notes.append(f"ungraded (not in the baseline): {', '.join(ungraded)}")
     notes += [f"{r.bench}: graded despite missing data ({r.missing.excused}): {r.missing.describe()}" for r in rows if r.missing and r.missing.excused]
+    for run, side in ((base, "baseline"), (cand, "candidate")):
+        for bench, records in run.records.items():
+            if errors := sum("scorer_error" in r.extra for r in records):
+                notes.append(f"⚠ {bench}: {errors} scorer error(s) in the {side}, scored as wrong (extra.scorer_error)")
+    # read_run verified each run's manifest (a records file changed after completion is an error there).
+    if base.manifest or cand.manifest:
+        notes.append(
+            "records: " + "; ".join(
+                f"{side} manifest {run.manifest}" + (" (run not completed)" if run.manifest == "absent" else "")
+                for run, side in ((base, "baseline"), (cand, "candidate")) if run.manifest
+            )
+        )
     return Comparison(
         baseline=str(base.dir),
         candidate=str(cand.dir),

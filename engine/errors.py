@@ -17,3 +17,12 @@ class EngineFailed(Exception):
     """The engine or the server behind it failed mid-run: no verdict; records so far stay (exit 4)."""
 
     exit_code = 4
+
+
+class Interrupted(Exception):
+    """Ctrl-C / SIGTERM: the run stopped cleanly; finished items are on disk. Exit code 130."""
+
+    exit_code = 130
+
+
+EXIT_CRASH = 4  # an unexpected error: never read as a verdict (0 no degradation, 1 degraded)

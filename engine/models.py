@@ -50,6 +50,7 @@ def resolve_model(name_or_path: str, build: bool = True) -> Path:
         )
     if not (path / "config.json").is_file():
         raise UserError(f"--model {path}: config.json missing; is this an HF checkpoint directory?")
+    check_checkpoint(path)
     return path
 
 
@@ -60,6 +61,39 @@ def find_local_model(name_or_path: str) -> Path | None:
         return built if (built / "config.json").is_file() else None
     path = Path(name_or_path).expanduser()
     return path if (path / "config.json").is_file() else None
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def check_checkpoint(path: Path) -> None:
+    """What can be told without loading it: config.json is a JSON object, the weights are all there.
+
+    Without this a broken checkpoint is found by the engine, minutes into its start and in a traceback.
+    (The tokenizer is checked where it is loaded, before any engine: backends.load_tokenizer.)
+    """
+    config = path / "config.json"
+    try:
+        parsed = json.loads(config.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"--model {path}: config.json is not valid JSON ({exc})") from None
+    if not isinstance(parsed, dict):
+        raise UserError(f"--model {path}: config.json is not a JSON object")
+    for index_name in WEIGHT_INDEXES:
+        index = path / index_name
+        if not index.is_file():
+            continue
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise UserError(f"--model {path}: {index_name} is not a valid weight index ({exc!r})") from None
+        missing = sorted(shard for shard in shards if not (path / shard).is_file())
+        if missing:
+            raise UserError(f"--model {path}: weight shards missing: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+        return
+    if not any(p.suffix in WEIGHT_SUFFIXES and p.is_file() for p in path.iterdir()):
+        raise UserError(f"--model {path}: no weights (*.safetensors or *.bin) in the checkpoint directory")
 
 
 def model_label(name_or_path: str) -> str:

@@ -2,16 +2,26 @@
 
 One run = one directory:
     spec.json            RunSpec (written once; a rerun into the same dir must carry the same spec)
-    records/<bench>.jsonl  append-only ItemRecord lines, one per (item, sample)
+    records/<bench>.jsonl  append-only ItemRecord lines, one per (item, sample), each with its checksum
+    manifest.json        sha256 of every records file, written when the run completes
 
 Append-only + flush + fsync per record means a kill -9 loses at most the in-flight items; a torn last
-line (killed mid-write) is detected, reported and cut off before the next append.
+line (killed mid-write: no newline) is detected, reported and cut off before the next append. A complete
+line that does not decode, a record whose checksum does not match, a conflicting duplicate or a score
+outside [0, 1] is an error naming the file and line: records are never silently dropped or trusted.
+
+Nothing is ever written outside the run directory: every file is opened with O_NOFOLLOW, temporaries
+are created with O_EXCL, and a run directory holding a symlink is refused.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import hashlib
+import math
 import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,14 +68,88 @@ class ItemRecord(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknow
     # The request failed for good (after retries): not an answer, never scored as wrong; a rerun
     # retries it.
     error: str | None = None
+    # sha256 (first 16 hex digits) of the record's other fields in canonical JSON: see seal().
+    checksum: str = ""
 
 
 _encoder = msgspec.json.Encoder()
+# Canonical form for checksums: struct fields and dict keys sorted.
+_canonical_encoder = msgspec.json.Encoder(order="sorted")
 _record_decoder = msgspec.json.Decoder(ItemRecord)
 _spec_decoder = msgspec.json.Decoder(RunSpec)
 
 SPEC_FILE = "spec.json"
 RECORDS_DIR = "records"
+MANIFEST_FILE = "manifest.json"
+SCORE_RANGE = (0.0, 1.0)  # every bench scores an item sample in [0, 1]
+
+
+# ---- writing files inside the run directory ----------------------------------------------------
+
+
+def _open_no_follow(path: Path, flags: int, mode: int = 0o644) -> int:
+    """os.open that refuses a symlink (O_NOFOLLOW), with a one-line error instead of ELOOP."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UserError(f"{path}: is a symlink; the harness writes only real files in the run directory: remove it") from exc
+        raise
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` all at once: a fresh temporary (O_EXCL, O_NOFOLLOW) renamed over it.
+
+    rename() replaces a directory entry and never follows a symlink, so nothing outside the folder is
+    touched; a symlink at `path` is refused all the same.
+    """
+    path = Path(path)
+    if path.is_symlink():
+        raise UserError(f"{path}: is a symlink; the harness writes only real files in the run directory: remove it")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = _open_no_follow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def refuse_symlinks(run_dir: Path) -> None:
+    """A run directory whose entries (or records/ entries) are symlinks could redirect writes: refuse it."""
+    run_dir = Path(run_dir)
+    for folder in (run_dir, run_dir / RECORDS_DIR):
+        if folder != run_dir and folder.is_symlink():
+            raise UserError(f"{folder}: is a symlink; a run directory must hold real files only: remove it")
+        if not folder.is_dir():
+            continue
+        for entry in os.scandir(folder):
+            if entry.is_symlink():
+                raise UserError(
+                    f"{entry.path}: is a symlink; a run directory must hold real files only: remove it"
+                )
+
+
+# ---- record checksums ----------------------------------------------------------------------------
+
+
+def record_checksum(record: ItemRecord) -> str:
+    body = msgspec.structs.replace(record, checksum="")
+    return hashlib.sha256(_canonical_encoder.encode(body)).hexdigest()[:16]
+
+
+def seal(record: ItemRecord) -> ItemRecord:
+    """The record as it reads back from disk, with its checksum set.
+
+    It is first round-tripped through JSON so that the checksum is that of what a reader decodes
+    (an int score written as 1 reads back as the float 1.0).
+    """
+    normalized = _record_decoder.decode(_encoder.encode(msgspec.structs.replace(record, checksum="")))
+    return msgspec.structs.replace(normalized, checksum=record_checksum(normalized))
 
 
 def encode_spec(spec: RunSpec) -> bytes:
@@ -96,33 +180,67 @@ def read_spec(run_dir: Path) -> RunSpec:
         raise UserError(f"{path}: not valid JSON ({exc})") from exc
 
 
-def _scan(path: Path) -> tuple[list[ItemRecord], int, str | None]:
-    """Parse a records file: (records, byte length of the valid prefix, problem with the tail or None)."""
+def _scan(path: Path) -> tuple[list[tuple[int, ItemRecord]], int, str | None]:
+    """Parse a records file: ([(line number, record)], byte length of the complete lines, torn tail or None).
+
+    Only an unterminated last line is a torn tail (a write cut by a kill); any complete line that does
+    not decode, or whose checksum does not match, is an error: it was damaged or edited, not torn.
+    """
     data = path.read_bytes()
-    records: list[ItemRecord] = []
-    good_end = 0
+    records: list[tuple[int, ItemRecord]] = []
     pos = 0
+    line_no = 0
     while pos < len(data):
+        line_no += 1
         nl = data.find(b"\n", pos)
         if nl < 0:
-            return records, good_end, f"torn last line ({len(data) - pos} bytes without newline)"
-        line = data[pos:nl]
+            return records, pos, f"torn last line {line_no} ({len(data) - pos} bytes without newline)"
         try:
-            records.append(_record_decoder.decode(line))
+            record = _record_decoder.decode(data[pos:nl])
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            if data.find(b"\n", nl + 1) < 0 and nl + 1 >= len(data):
-                return records, good_end, f"corrupt last line ({exc})"
             raise UserError(
-                f"{path}: corrupt record at byte {pos} ({exc}); the file was edited by hand? "
+                f"{path}:{line_no}: corrupt record at byte {pos} ({exc}); the file was edited by hand? "
                 f"move it away to rerun this bench"
             ) from exc
+        _check_record(path, line_no, record)
+        records.append((line_no, record))
         pos = nl + 1
-        good_end = pos
-    return records, good_end, None
+    return records, pos, None
+
+
+def _check_record(path: Path, line_no: int, record: ItemRecord) -> None:
+    where = f"{path}:{line_no}: record {record.item_id!r} sample {record.sample}"
+    if not record.checksum:
+        raise UserError(
+            f"{where} has no checksum: written by an older harness (before record checksums); rerun it into a new --out"
+        )
+    if record_checksum(record) != record.checksum:
+        raise UserError(f"{where}: content does not match its checksum {record.checksum}; the record was edited or damaged")
+    low, high = SCORE_RANGE
+    if not (math.isfinite(record.score) and low <= record.score <= high):
+        raise UserError(f"{where}: score {record.score!r} outside [{low:g}, {high:g}]")
+
+
+def _unique(path: Path, records: list[tuple[int, ItemRecord]]) -> list[ItemRecord]:
+    """First occurrence of each (item, sample); a duplicate with other content is an error, except that
+    a retry replaces an error record (a request that had failed for good)."""
+    first: dict[tuple[str, int], tuple[int, ItemRecord]] = {}
+    for line_no, rec in records:
+        key = (rec.item_id, rec.sample)
+        if key not in first or first[key][1].error is not None:
+            first[key] = (line_no, rec)
+        elif rec.error is not None:
+            continue  # a failed retry of an answered item: the answer stands
+        elif first[key][1].checksum != rec.checksum:
+            raise UserError(
+                f"{path}:{line_no}: record {rec.item_id!r} sample {rec.sample} duplicates line {first[key][0]} "
+                f"with other content; which one is right cannot be told: move the file away to rerun this bench"
+            )
+    return [rec for _, rec in first.values()]
 
 
 def read_records(path: Path) -> list[ItemRecord]:
-    """Records of one bench, one per (item, sample); a torn tail is dropped.
+    """Records of one bench, each (item, sample) once, every record checked; a torn tail is ignored.
 
     An error record (a request that failed for good) stands for its (item, sample) only until a rerun
     writes the real one, which then replaces it.
@@ -131,15 +249,9 @@ def read_records(path: Path) -> list[ItemRecord]:
         return []
     records, _, problem = _scan(path)
     if problem:
-        print(f"warning: {path}: {problem}; dropped it", file=sys.stderr)
-        append_note(path.parent.parent, "torn_tail", f"{path.name}: {problem}; dropped it")
-    chosen: dict[tuple[str, int], ItemRecord] = {}
-    for rec in records:
-        key = (rec.item_id, rec.sample)
-        held = chosen.get(key)
-        if held is None or (held.error is not None and rec.error is None):
-            chosen[key] = rec
-    return list(chosen.values())
+        print(f"warning: {path}: {problem}; ignored (a rerun cuts it off and redoes that item)", file=sys.stderr)
+        append_note(path.parent.parent, "torn_tail", f"{path.name}: {problem}; ignored")
+    return _unique(path, records)
 
 
 def answered(records: list[ItemRecord]) -> list[ItemRecord]:
@@ -147,18 +259,75 @@ def answered(records: list[ItemRecord]) -> list[ItemRecord]:
     return [r for r in records if r.error is None]
 
 
+# ---- the manifest: records files as they were when the run completed -----------------------------
+
+
+class ManifestEntry(msgspec.Struct, frozen=True, kw_only=True):
+    sha256: str
+    bytes: int
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(run_dir: Path, bench_names: list[str]) -> None:
+    """On run completion: the hash of every records file, so later edits are caught by compare."""
+    run_dir = Path(run_dir)
+    entries = {}
+    for name in bench_names:
+        path = records_path(run_dir, name)
+        if path.is_file():
+            entries[f"{RECORDS_DIR}/{path.name}"] = ManifestEntry(sha256=_file_sha256(path), bytes=path.stat().st_size)
+    atomic_write(run_dir / MANIFEST_FILE, msgspec.json.format(_encoder.encode(entries), indent=1))
+
+
+def clear_manifest(run_dir: Path) -> None:
+    """Before appending to a run: its manifest would no longer describe the files."""
+    path = Path(run_dir) / MANIFEST_FILE
+    if path.is_symlink() or path.exists():
+        path.unlink()
+
+
+def verify_manifest(run_dir: Path) -> str:
+    """'verified (N files)' or 'absent'; a records file that changed after completion is an error."""
+    path = Path(run_dir) / MANIFEST_FILE
+    if not path.is_file():
+        return "absent"
+    try:
+        entries = msgspec.json.decode(path.read_bytes(), type=dict[str, ManifestEntry])
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise UserError(f"{path}: invalid manifest ({exc}); it is written by the harness, do not edit it") from exc
+    for relative, entry in entries.items():
+        target = Path(run_dir) / relative
+        if not target.is_file():
+            raise UserError(f"{target}: listed in {path} but missing: records were removed after the run completed")
+        if target.stat().st_size != entry.bytes or _file_sha256(target) != entry.sha256:
+            raise UserError(
+                f"{target}: does not match {path} (sha256 {entry.sha256[:12]}…): the records changed after the run completed"
+            )
+    return f"verified ({len(entries)} files)"
+
+
 class Run(msgspec.Struct):
     dir: Path
     spec: RunSpec
     records: dict[str, list[ItemRecord]]  # bench name -> records
+    manifest: str = ""  # "verified (N files)" | "absent" (run not completed); "" when not read from disk
 
 
 def read_run(run_dir: Path | str) -> Run:
-    """The one way to read a run back from disk."""
+    """The one way to read a run back from disk: every record checked, the manifest verified."""
     run_dir = Path(run_dir)
+    refuse_symlinks(run_dir)
     spec = read_spec(run_dir)
+    manifest = verify_manifest(run_dir)
     records = {b.name: read_records(run_dir / RECORDS_DIR / f"{b.name}.jsonl") for b in spec.benches}
-    return Run(dir=run_dir, spec=spec, records=records)
+    return Run(dir=run_dir, spec=spec, records=records, manifest=manifest)
 
 
 class RecordWriter:
@@ -168,19 +337,25 @@ class RecordWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         existing: list[ItemRecord] = []
+        if path.is_symlink():
+            raise UserError(f"{path}: is a symlink; the harness writes only real files in the run directory: remove it")
         if path.is_file():
-            existing, good_end, problem = _scan(path)
+            scanned, good_end, problem = _scan(path)
+            existing = _unique(path, scanned)
             if problem:
                 print(f"warning: {path}: {problem}; cutting it off before resuming", file=sys.stderr)
                 append_note(path.parent.parent, "torn_tail", f"{path.name}: {problem}; cut off before resuming")
-                with open(path, "r+b") as f:
-                    f.truncate(good_end)
-                    os.fsync(f.fileno())
+                fd = _open_no_follow(path, os.O_WRONLY)
+                try:
+                    os.ftruncate(fd, good_end)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
         # Error records are not done: a rerun retries them.
         self.done: set[tuple[str, int]] = {(r.item_id, r.sample) for r in existing if r.error is None}
         self.existing = [r for r in existing if r.error is None]
         self.appended: list[ItemRecord] = []  # written by this writer (this session of the run)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = _open_no_follow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
 
     def append(self, record: ItemRecord) -> None:
         key = (record.item_id, record.sample)
@@ -188,7 +363,7 @@ class RecordWriter:
             return
         # One write() of a whole line to an O_APPEND fd: a crash leaves either nothing or a prefix
         # of this line, which _scan recognises as a torn tail.
-        os.write(self._fd, _encoder.encode(record) + b"\n")
+        os.write(self._fd, _encoder.encode(seal(record)) + b"\n")
         os.fsync(self._fd)
         if record.error is None:
             self.done.add(key)
@@ -203,16 +378,30 @@ class RunLock:
 
     def __init__(self, run_dir: Path):
         run_dir.mkdir(parents=True, exist_ok=True)
-        self._f = open(run_dir / ".lock", "w")
+        refuse_symlinks(run_dir)
+        # No O_TRUNC: the lock file's content is never used, only its flock.
+        self._fd = _open_no_follow(run_dir / ".lock", os.O_WRONLY | os.O_CREAT)
         try:
-            fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
-            self._f.close()
+            os.close(self._fd)
             raise UserError(f"{run_dir}: another run is writing to this directory right now") from exc
 
     def release(self) -> None:
-        fcntl.flock(self._f, fcntl.LOCK_UN)
-        self._f.close()
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+
+
+def progress(run_dir: Path, spec: RunSpec) -> tuple[int, int]:
+    """(item samples on disk, item samples the run will have): what 'interrupted: N of M done' says."""
+    done = total = 0
+    for bench in spec.benches:
+        total += bench.n_items * bench.samples
+        path = records_path(run_dir, bench.name)
+        if path.is_file() and not path.is_symlink():
+            scanned, _, _ = _scan(path)
+            done += len({(rec.item_id, rec.sample) for _, rec in scanned if rec.error is None})
+    return done, total
 
 
 def records_path(run_dir: Path, bench: str) -> Path:
@@ -236,7 +425,7 @@ def append_note(run_dir: Path, kind: str, message: str) -> None:
     if not (run_dir / SPEC_FILE).is_file():
         return  # not (yet) a run directory: nothing to attach the note to
     line = _encoder.encode(Note(time=round(time.time(), 3), kind=kind, message=message)) + b"\n"
-    fd = os.open(run_dir / NOTES_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = _open_no_follow(run_dir / NOTES_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
         os.write(fd, line)
     finally:

@@ -317,5 +317,6 @@ def write_report(
     )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     return cmp

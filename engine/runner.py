@@ -25,9 +25,13 @@ from engine.records import (
     Run,
     RunLock,
     append_note,
+    atomic_write,
+    clear_manifest,
     encode_spec,
     read_spec,
     records_path,
+    refuse_symlinks,
+    write_manifest,
 )
 from engine.solvers import Session, solver_of
 from engine.spec import (
@@ -195,6 +199,7 @@ def prepare_run_dir(run_dir: Path, spec: RunSpec, notes: list[str] = ()) -> None
 
 def _prepare_run_dir(run_dir: Path, spec: RunSpec) -> None:
     spec_path = run_dir / SPEC_FILE
+    refuse_symlinks(run_dir)
     if spec_path.is_file():
         changed = resume_diff(read_spec(run_dir), spec)
         if changed:
@@ -206,9 +211,31 @@ def _prepare_run_dir(run_dir: Path, spec: RunSpec) -> None:
             )
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = spec_path.with_suffix(".tmp")
-    tmp.write_bytes(encode_spec(spec))
-    tmp.rename(spec_path)
+    atomic_write(spec_path, encode_spec(spec))
+
+
+SCORER_TIMEOUT_S = 300.0  # a backstop: scorers that can hang (math, code) bound themselves much tighter
+
+
+async def score_guarded(module: ModuleType, item: Item, answer_text: str) -> bench_registry.Scored:
+    """The bench's score, or a recorded scorer error: a scorer never crashes a run.
+
+    A seeded completion that crashes its scorer would crash every resume again, so an exception, a
+    timeout or a score outside [0, 1] becomes a wrong answer with `extra["scorer_error"]`.
+    Scoring may be slow (sandboxed code, symbolic math): it runs off the event loop. A thread cannot be
+    killed: after a timeout it finishes (or not) in the background, its result ignored.
+    """
+    try:
+        scored = await asyncio.wait_for(asyncio.to_thread(module.score, item, answer_text), SCORER_TIMEOUT_S)
+        if not 0.0 <= scored.score <= 1.0:
+            raise ValueError(f"score {scored.score!r} outside [0, 1]")
+        return scored
+    except TimeoutError:
+        error = f"timed out after {SCORER_TIMEOUT_S:g}s"
+    except Exception as exc:  # noqa: BLE001 - any scorer bug becomes a recorded error, not a crash
+        error = f"{type(exc).__name__}: {exc}"[:300]
+    print(f"warning: {module.NAME} item {item.id}: scorer error ({error}); recorded as wrong", file=sys.stderr)
+    return bench_registry.Scored(answer=None, score=0.0, extra={"scorer_error": error})
 
 
 def _reasoning_tokens(tokenizer, reasoning: str) -> int:
@@ -260,7 +287,9 @@ async def execute(
                 )
         if not any(pending.values()):
             print(f"{run_dir}: all items already done", file=sys.stderr)
+            write_manifest(run_dir, list(plan.benches))
             return
+        clear_manifest(run_dir)  # written again once every pending item is on disk
         if not hasattr(backend, "generate"):
             t0 = time.monotonic()
             opened = await backend()  # type: ignore[operator]
@@ -268,6 +297,7 @@ async def execute(
             print(f"{backend_name(spec.engine)} engine ready in {time.monotonic() - t0:.0f}s", file=sys.stderr)
         tokenizer = load_tokenizer(plan.checkpoint) if spec.think and plan.checkpoint is not None else None
         await _run_benches(plan, pending, writers, backend, concurrency, tokenizer, monitors, run_dir)
+        write_manifest(run_dir, list(plan.benches))
     finally:
         for writer in writers.values():
             writer.close()
@@ -491,11 +521,7 @@ async def _score(
     if answer_text is None:
         scored = bench_registry.Scored(answer=None, score=0.0, extra={"cut_in_reasoning": True})
     else:
-        try:
-            # Scoring may be slow (sandboxed code, symbolic math): keep it off the event loop.
-            scored = await asyncio.to_thread(module.score, item, answer_text)
-        except Exception as exc:  # a scorer bug on one completion must not end (or re-crash) a run
-            scored = bench_registry.Scored(answer=None, score=0.0, extra={"scorer_error": f"{type(exc).__name__}: {exc}"[:500]})
+        scored = await score_guarded(module, item, answer_text)
     if episode.reasoning_tokens is not None:
         reasoning_tokens = episode.reasoning_tokens
     else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from engine.errors import UserError
 from engine.spec import SamplingConfig
 
@@ -16,6 +18,17 @@ PRESETS: dict[str, SamplingConfig] = {
 
 OVERRIDABLE = ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "repetition_penalty")
 
+# What every backend accepts (vLLM's SamplingParams checks the same bounds, but only after the engine
+# started): (allowed, as words; test).
+RANGES = {
+    "temperature": (">= 0", lambda v: v >= 0),
+    "top_p": ("(0, 1]", lambda v: 0 < v <= 1),
+    "top_k": (">= 0, 0 = off", lambda v: v >= 0),
+    "min_p": ("[0, 1]", lambda v: 0 <= v <= 1),
+    "presence_penalty": ("[-2, 2]", lambda v: -2 <= v <= 2),
+    "repetition_penalty": ("> 0", lambda v: v > 0),
+}
+
 
 def resolve_sampling(preset: str | None, think: bool, **overrides: float | int | None) -> SamplingConfig:
     """The preset (default: follows --think), with any explicitly given value replacing the preset's."""
@@ -28,7 +41,10 @@ def resolve_sampling(preset: str | None, think: bool, **overrides: float | int |
     if unknown:
         raise UserError(f"unknown sampling field(s): {', '.join(sorted(unknown))}")
     fields.update(changed)
-    if fields["temperature"] < 0 or not 0 < fields["top_p"] <= 1 or fields["top_k"] < 0:
-        raise UserError(f"sampling values out of range: {fields}")
+    for field, value in fields.items():
+        allowed, ok = RANGES[field]
+        if not (math.isfinite(value) and ok(value)):
+            source = f"--{field.replace('_', '-')}" if field in changed else f"--sampling {name}: {field}"
+            raise UserError(f"{source} {value}: out of range (allowed: {allowed})")
     label = name if not changed else name + "+" + ",".join(f"{k}={v}" for k, v in sorted(changed.items()))
     return SamplingConfig(preset=label, **fields)

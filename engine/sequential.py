@@ -16,7 +16,6 @@ the run's benches whatever the other benches show.
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -26,7 +25,7 @@ import msgspec
 from engine import stats
 from engine.errors import UserError
 from engine.pairing import item_value_fn, per_item_values
-from engine.records import ItemRecord, Run
+from engine.records import ItemRecord, Run, atomic_write
 from engine.spec import BenchSpec
 
 EARLY_STOP_FILE = "early_stop.json"
@@ -92,10 +91,7 @@ def read_design(run_dir: Path) -> EarlyStopDesign | None:
 
 
 def write_design(run_dir: Path, design: EarlyStopDesign) -> None:
-    path = Path(run_dir) / EARLY_STOP_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(msgspec.json.format(msgspec.json.encode(design), indent=1))
-    os.replace(tmp, path)
+    atomic_write(Path(run_dir) / EARLY_STOP_FILE, msgspec.json.format(msgspec.json.encode(design), indent=1))
 
 
 class Monitor:

@@ -57,7 +57,11 @@ class Backend(Protocol):
 def load_tokenizer(checkpoint: Path):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(checkpoint)
+    try:
+        return AutoTokenizer.from_pretrained(checkpoint)
+    except Exception as exc:  # noqa: BLE001 - transformers raises anything from OSError to TypeError here
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise UserError(f"--model {checkpoint}: the tokenizer does not load ({type(exc).__name__}: {reason})") from exc
 
 
 def render_chat(tokenizer, messages: list[dict[str, str]], think: bool) -> list[int]:

@@ -16,14 +16,13 @@ from __future__ import annotations
 import asyncio
 import os
 import queue
-import shutil
 import sys
-import tempfile
 import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
+from engine import reaper
 from engine.backends.protocol import GenRequest, GenResult, load_tokenizer, request_prompt_ids
 from engine.errors import EngineFailed, UserError
 from engine.spec import VllmEngine
@@ -191,10 +190,10 @@ class InlineCore:
 
 
 class VllmBackend:
-    def __init__(self, engine, max_model_len: int, scratch: str, checkpoint: Path):
+    def __init__(self, engine, max_model_len: int, watchdog: reaper.Watchdog, checkpoint: Path):
         self._engine = engine
         self.max_model_len = max_model_len
-        self._scratch = scratch
+        self._watchdog = watchdog
         self._checkpoint = checkpoint
         self._tokenizer = None  # loaded on the first request that comes as messages
         self._inline: InlineCore | None = None
@@ -240,9 +239,11 @@ class VllmBackend:
                 "chunks ('CPU Generator does not use offset'); long prompts may abort this run",
                 file=sys.stderr,
             )
-        # vLLM leaves IPC socket files in TMPDIR: give it a private folder for the engine's lifetime.
-        scratch = tempfile.mkdtemp(prefix="dh-vllm-")
-        os.environ["TMPDIR"] = scratch
+        # vLLM leaves IPC socket files in TMPDIR: give it a private folder for the engine's lifetime, and
+        # a watchdog that kills the engine's processes and removes that folder if we die (engine/reaper.py).
+        scratch = reaper.make_scratch()
+        watchdog = reaper.Watchdog(scratch)
+        os.environ["TMPDIR"] = str(scratch)
         try:
             if core == "inline":
                 saved = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
@@ -257,11 +258,14 @@ class VllmBackend:
                         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = saved
                     forget_vllm_env_cache()
             else:
-                engine = AsyncLLM.from_engine_args(args)
-        except Exception:
-            shutil.rmtree(scratch, ignore_errors=True)
+                # The engine's processes lead their own process group: a Ctrl-C to the terminal reaches
+                # only the harness, which shuts the engine down in order (not each process mid-step).
+                with reaper.own_process_group():
+                    engine = AsyncLLM.from_engine_args(args)
+        except BaseException:
+            watchdog.stop()
             raise
-        backend = cls(engine, spec.max_model_len, scratch, checkpoint)
+        backend = cls(engine, spec.max_model_len, watchdog, checkpoint)
         if core == "inline":
             backend._inline = InlineCore(engine, asyncio.get_running_loop())
         return backend
@@ -314,14 +318,16 @@ class VllmBackend:
         )
 
     async def close(self) -> None:
-        if self._inline is not None:
-            await asyncio.to_thread(self._inline.close)
-            self._inline = None
-            self._engine = None
-        if self._engine is not None:
-            self._engine.shutdown()
-            # vLLM keeps a frame holding the engine alive until interpreter exit, where its __del__
-            # (a second shutdown) fails with a noisy traceback. We always shut down explicitly.
-            type(self._engine).__del__ = lambda _self: None
-            self._engine = None
-        shutil.rmtree(self._scratch, ignore_errors=True)
+        try:
+            if self._inline is not None:
+                await asyncio.to_thread(self._inline.close)
+                self._inline = None
+                self._engine = None
+            if self._engine is not None:
+                self._engine.shutdown()
+                # vLLM keeps a frame holding the engine alive until interpreter exit, where its __del__
+                # (a second shutdown) fails with a noisy traceback. We always shut down explicitly.
+                type(self._engine).__del__ = lambda _self: None
+                self._engine = None
+        finally:
+            self._watchdog.stop()
