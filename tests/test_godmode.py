@@ -33,6 +33,10 @@ def scenarios(tmp_path_factory) -> Path:
     return root
 
 
+class Killed(Exception):
+    """The run dies mid-way (as a kill would, but inside the test process)."""
+
+
 class Policy:
     """A backend whose replies come from `decide(item_question, history)`; raises `kill` at request n."""
 
@@ -44,7 +48,7 @@ class Policy:
     async def generate(self, request):
         self.requests.append(request)
         if self.kill_at is not None and len(self.requests) == self.kill_at:
-            raise KeyboardInterrupt("killed mid-run")
+            raise Killed("killed mid-run")
         await asyncio.sleep(0)
         text = self.decide(request.messages)
         return GenResult(text=text, token_ids=[], finish_reason="stop", prompt_tokens=100, completion_tokens=len(text) // 4)
@@ -54,7 +58,8 @@ class Policy:
 
 
 def _tool_call(command: str) -> str:
-    return '<tool_call>\n{"name": "bash", "arguments": %s}\n</tool_call>' % json.dumps({"command": command})
+    call = json.dumps({"name": "bash", "arguments": {"command": command}})
+    return f"<tool_call>\n{call}\n</tool_call>"
 
 
 def _printed(messages) -> str:
@@ -157,11 +162,9 @@ ESCAPES = [
 
 
 def test_escapes_inside_an_episode_are_contained(scenarios, tmp_path, monkeypatch):
-    monkeypatch.setattr(sandbox.ShellLimits, "__init__", sandbox.ShellLimits.__init__)  # defaults unchanged
     items = [i for i in godmode.load(scenarios) if i.category == "portfolio"][:1]
     commands = [c for _, c, _ in ESCAPES] + ["ls /data && echo STILL-HERE > note && cat note"]
-    fast = sandbox.ShellLimits(wall_s=4.0)
-    monkeypatch.setattr(sandbox.AgentShell.__init__, "__defaults__", ("/data", fast, False))
+    monkeypatch.setattr(godmode, "SHELL_LIMITS", sandbox.ShellLimits(wall_s=4.0))
 
     def decide(messages):
         step = sum(m["role"] == "assistant" for m in messages)
@@ -182,7 +185,7 @@ def test_escapes_inside_an_episode_are_contained(scenarios, tmp_path, monkeypatc
 def test_resume_after_a_kill_has_no_duplicates_or_losses(scenarios, tmp_path):
     items = godmode.load(scenarios)[:12]
     refs = _references(items)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Killed):
         _run(items, scenarios, Policy(oracle(refs), kill_at=9), tmp_path / "run", concurrency=2)
     partial = read_run(tmp_path / "run").records["godmode"]
     assert 0 < len(partial) < 12
@@ -212,3 +215,28 @@ def test_malformed_scenarios_are_one_line_errors(scenarios, tmp_path):
         with pytest.raises(UserError, match=re.escape(message)) as info:
             scenario.load_items(tmp_path / "godmode")
         assert "questions.jsonl:1" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_episode_canaries_flag_more_turns_tool_errors_and_turn_limits():
+    from engine.episodes import canaries, format_canaries
+    from engine.records import ItemRecord, Turn
+
+    def rec(i, turns, tool_fail, stop):
+        trace = []
+        for k in range(turns):
+            trace.append(Turn(role="assistant", tokens=5, extra={"kind": "command"}))
+            trace.append(Turn(role="tool", exit_code=1 if k < tool_fail else 0))
+        return ItemRecord(
+            item_id=f"q{i}", sample=0, seed=0, prompt_hash="", completion="", prompt_tokens=1, completion_tokens=1,
+            finish_reason="stop", truncated=False, answer=None, score=0.0, latency_s=0.0, turns=trace, stop_reason=stop,
+        )  # fmt: skip
+
+    base = [rec(i, 2, 0, "answered") for i in range(20)]
+    cand = [rec(i, 2 + i % 5 + 1, 1, "turn_limit" if i < 12 else "answered") for i in range(20)]
+    c = canaries("godmode", base, cand)
+    by = {s.measure: s for s in c.counts}
+    assert by["turns used"].flagged and by["tool errors"].flagged and not by["format errors"].flagged
+    assert next(s for s in c.stops if s.reason == "turn_limit").flagged
+    text = "\n".join(format_canaries(c))
+    assert "turns used: mean 2.00 → 5.00" in text and "turn_limit 0→12 ⚠" in text
+    assert canaries("godmode", base, base).flags == [] and canaries("x", [], []) is None

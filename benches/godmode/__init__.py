@@ -47,6 +47,7 @@ FORMAT_ERROR_LIMIT = 3  # unparsable replies in a row
 EPISODE_TOKENS = 60_000  # generated tokens per episode (the token budget)
 EPISODE_WALL_S = 1800.0
 MIN_CONTEXT = 8192  # the runner sizes max_model_len to at least this (or the model's own limit)
+SHELL_LIMITS = None  # engine.sandbox.ShellLimits() unless set (tests shorten the wall clock)
 TRACE_HEAD = 400  # characters of each command / reply kept in the record's trace
 
 TOOL = {
@@ -193,7 +194,9 @@ async def solve(item: Item, session) -> Episode:
     stop, final, finish = "turn_limit", "", "stop"
     deadline = time.monotonic() + EPISODE_WALL_S
     context = getattr(session.backend, "max_model_len", None) or 0
-    shell = await asyncio.to_thread(sandbox.AgentShell, scenario.FOLDERS[item.category])
+    shell = await asyncio.to_thread(
+        sandbox.AgentShell, scenario.FOLDERS[item.category], limits=SHELL_LIMITS or sandbox.ShellLimits()
+    )
     try:
         for _ in range(MAX_TURNS):
             if time.monotonic() > deadline or completion_tokens >= EPISODE_TOKENS:
