@@ -240,3 +240,27 @@ def test_episode_canaries_flag_more_turns_tool_errors_and_turn_limits():
     text = "\n".join(format_canaries(c))
     assert "turns used: mean 2.00 → 5.00" in text and "turn_limit 0→12 ⚠" in text
     assert canaries("godmode", base, base).flags == [] and canaries("x", [], []) is None
+
+
+@pytest.mark.heavy
+def test_tiny_model_end_to_end_twice_gives_identical_trajectories(tiny_model, tmp_path):
+    from conftest import run_cli
+
+    trajectories = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        proc = run_cli(
+            "--model", "smollm2-135m", "--benches", "godmode", "--tier", "full", "--limit", "3", "--dtype", "float32",
+            "--bs1", "--max-tokens", "192", "--out", str(out), "--baseline", "none", env={"VLLM_HOST_IP": "127.0.0.1"},
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        records = sorted(read_run(out).records["godmode"], key=lambda r: r.item_id)
+        assert len(records) == 3 and all(r.stop_reason in godmode.STOP_REASONS for r in records)
+        assert all(r.turns and r.turns[0].role == "assistant" for r in records)
+        trajectories.append([(r.item_id, r.stop_reason, r.completion, [msgspec_turn(t) for t in r.turns]) for r in records])
+    assert trajectories[0] == trajectories[1]
+
+
+def msgspec_turn(turn):
+    extra = {k: v for k, v in turn.extra.items() if k != "wall_s"}  # the sandbox's own timing varies
+    return (turn.role, turn.tokens, turn.text, turn.exit_code, extra)

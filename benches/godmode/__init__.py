@@ -42,6 +42,7 @@ from engine.solvers import Episode
 NAME = "godmode"
 VERSION = "1"
 MAX_TOKENS = {False: 1024, True: 4096}  # per reply
+STOP_REASONS = ("answered", "turn_limit", "context_limit", "format_errors", "timeout", "error")
 MAX_TURNS = 30  # model replies per episode
 FORMAT_ERROR_LIMIT = 3  # unparsable replies in a row
 EPISODE_TOKENS = 60_000  # generated tokens per episode (the token budget)
