@@ -15,7 +15,7 @@ import sys
 import msgspec
 import numpy as np
 
-from engine import sequential, stats
+from engine import episodes, sequential, stats
 from engine.baselines import check_comparable, shared_benches, ungraded_benches
 from engine.pairing import PairedItems, StratumOf, category_of, grouped, pair_items, per_item_values
 from engine.records import ItemRecord, Run, read_noise_floor
@@ -689,6 +689,11 @@ def compare_runs(
         for bench, records in run.records.items()
         if any(r.extra.get("sandbox") == "none" for r in records)
     ]
+    for name in names:  # multi-turn benches: turns, tool errors, stop reasons (engine/episodes.py)
+        canary = episodes.canaries(name, base.records[name], cand.records[name], alpha)
+        if canary is not None:
+            notes += episodes.format_canaries(canary)
+            flags += canary.flags
     ungraded = ungraded_benches(base, cand)
     if ungraded:
         notes.append(f"ungraded (not in the baseline): {', '.join(ungraded)}")

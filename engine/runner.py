@@ -161,6 +161,8 @@ def plan_run(
         from transformers import AutoConfig
 
         longest = max(len(p) + plan.max_tokens for plan in plans.values() for p in plan.prompts.values())
+        # Multi-turn benches grow their prompts turn by turn: they name the context they need.
+        longest = max([longest] + [getattr(plan.module, "MIN_CONTEXT", 0) for plan in plans.values()])
         limit_len = getattr(AutoConfig.from_pretrained(checkpoint), "max_position_embeddings", None) or longest
         engine = msgspec.structs.replace(engine, max_model_len=min(limit_len, -(-longest // 256) * 256))
     if isinstance(engine, OpenAIEngine):

@@ -337,3 +337,308 @@ def run_many(sources: Iterable[str], limits: Limits = Limits(), *, workers: int 
     """Run several programs, `workers` sandboxes at a time (at most MAX_PARALLEL), results in order."""
     with ThreadPoolExecutor(max_workers=max(1, min(workers, MAX_PARALLEL))) as pool:
         return list(pool.map(lambda s: run_python(s, limits, as_main=as_main), sources))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Agent shells: one sandboxed bash per episode, for tool-using benches (benches/godmode).
+#
+# Each command is its own bwrap run (fresh pid/net/ipc namespaces, the rlimits below, the wall-clock
+# kill), but an episode keeps two things between its commands: a writable scratch dir (bound at
+# SCRATCH_MOUNT, the working directory) and its own unprivileged uid (as root: AGENT_UID_BASE + n), so
+# the files one command writes are the next one's, the process limit counts one episode's processes
+# only, and two episodes never see each other's scratch. The data is a read-only copy bound at the
+# episode's data mount; python3 finds pandas/pyarrow/numpy in the harness's own site-packages, bound
+# read-only at SITE_MOUNT.
+
+AGENT_UID_BASE = 64100
+AGENT_UIDS = 256  # episodes with a shell open at once
+SCRATCH_MOUNT = "/scratch"
+SITE_MOUNT = "/opt/site-packages"
+AGENT_PACKAGES = ("pandas", "pyarrow", "numpy")
+
+
+class ShellLimits(msgspec.Struct, frozen=True, kw_only=True):
+    wall_s: float = 30.0  # per command
+    cpu_s: int = 20  # per command
+    memory_mb: int = 3072  # address space (pyarrow maps a lot of virtual memory up front)
+    file_mb: int = 64  # largest file a command may write, its output included
+    open_files: int = 256
+    processes: int = 64  # processes + threads of the episode's uid
+    tmpfs_mb: int = 128  # /tmp, fresh per command
+    scratch_mb: int = 256  # the scratch dir, kept for the episode
+    output_head: int = 2000  # characters of output shown to the model from the start ...
+    output_tail: int = 2000  # ... and from the end, with a marker between
+
+
+class ShellResult(msgspec.Struct, frozen=True, kw_only=True):
+    status: str  # "ok" | "error" (non-zero exit or killed by a limit) | "timeout" (wall clock)
+    exit_code: int | None  # None when killed for the wall clock; 128+N when it died of signal N
+    output: str  # stdout+stderr, head and tail kept with a marker between when longer than the caps
+    output_bytes: int  # the whole output's size
+    wall_s: float
+
+
+# Runs inside the sandbox: set the limits, then become bash running the command (argv 7).
+_SHELL_WRAPPER = r"""
+import os, resource, sys
+cpu, memory, fsize, nofile, nproc = (int(a) for a in sys.argv[1:6])
+resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+for res, value in ((resource.RLIMIT_AS, memory), (resource.RLIMIT_FSIZE, fsize), (resource.RLIMIT_NOFILE, nofile),
+                   (resource.RLIMIT_NPROC, nproc), (resource.RLIMIT_CORE, 0)):
+    if value >= 0:
+        resource.setrlimit(res, (value, value))
+os.umask(0o022)
+os.execv("/bin/bash", ["bash", "--noprofile", "--norc", "-c", sys.argv[6]])
+"""
+
+_agent_uids: Queue[int] = Queue()
+for _n in range(AGENT_UIDS):
+    _agent_uids.put(AGENT_UID_BASE + _n)
+_staged_lock = threading.Lock()
+_staged: dict[tuple[str, str], str] = {}  # (data dir, content key) -> world-readable copy
+_agent_probe: dict[str, str | None] = {}
+
+
+def _site_packages() -> str:
+    """The site-packages dir that holds pandas (and, checked, pyarrow and numpy) for python3 inside."""
+    import importlib.util
+
+    found = {}
+    for name in AGENT_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.origin:
+            raise UserError(f"the agent sandbox needs {name} for the model's python3: pip install {name}")
+        found[name] = str(Path(spec.origin).resolve().parent.parent)
+    if len(set(found.values())) != 1:
+        raise UserError(f"the agent sandbox needs pandas, pyarrow and numpy in one site-packages dir (found {found})")
+    site = next(iter(found.values()))
+    if os.geteuid() == 0 and not _others_can(site, stat.S_IROTH | stat.S_IXOTH):
+        raise UserError(f"the sandbox runs as an unprivileged uid, which cannot read {site}; install the harness outside /root")
+    return site
+
+
+def _stage_data(data_dir: Path) -> str:
+    """A world-readable copy of `data_dir` (the sandbox uid may not reach the original, e.g. under
+    /root/.cache), made once per process and content; removed at exit."""
+    data_dir = Path(data_dir).resolve()
+    files = sorted(p for p in data_dir.rglob("*") if p.is_file())
+    key = "|".join(f"{p.relative_to(data_dir)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+    with _staged_lock:
+        held = _staged.get((str(data_dir), key))
+        if held is not None:
+            return held
+        root = tempfile.mkdtemp(prefix="dh-agent-data-")
+        os.chmod(root, 0o755)
+        for path in files:
+            target = Path(root) / path.relative_to(data_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(target.parent, 0o755)
+            shutil.copyfile(path, target)
+            os.chmod(target, 0o444)
+        if not _staged:
+            import atexit
+
+            atexit.register(lambda: [shutil.rmtree(p, ignore_errors=True) for p in list(_staged.values())])
+        _staged[(str(data_dir), key)] = root
+        return root
+
+
+class AgentShell:
+    """One episode's shell: `run(command)` runs bash in a fresh sandbox over the episode's scratch dir.
+
+    Use as a context manager (or call close()): the scratch dir and the uid go back at the end.
+    """
+
+    def __init__(
+        self, data_dir: Path, *, data_mount: str = "/data", limits: ShellLimits = ShellLimits(), _checked: bool = False
+    ):
+        if not _checked:
+            require_agent()
+        self.limits = limits
+        self.data_mount = data_mount
+        self._data = _stage_data(data_dir)
+        self._site = _site_packages()
+        self._as_root = os.geteuid() == 0
+        try:
+            self.uid = _agent_uids.get(timeout=600) if self._as_root else os.geteuid()
+        except Exception as exc:
+            raise SandboxError(f"no free agent uid after 600 s ({AGENT_UIDS} shells open)") from exc
+        self.scratch = tempfile.mkdtemp(prefix="dh-agent-scratch-")
+        if self._as_root:
+            os.chown(self.scratch, self.uid, self.uid)
+        os.chmod(self.scratch, 0o700)
+        self.commands = 0
+
+    def __enter__(self) -> AgentShell:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.scratch:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch = ""
+            if self._as_root:
+                _agent_uids.put(self.uid)
+
+    def _args(self, command: str, info_fd: int) -> list[str]:
+        python, prefix = _interpreter()
+        lim = self.limits
+        args = _bwrap_args(prefix, Limits(tmpfs_mb=lim.tmpfs_mb), info_fd)
+        # Drop the trailing "--remount-ro / --chdir /tmp --info-fd N" to add our mounts before them.
+        cut = args.index("--remount-ro")
+        args = args[:cut] + [
+            "--ro-bind", self._data, self.data_mount,
+            "--ro-bind", self._site, SITE_MOUNT,
+            "--bind", self.scratch, SCRATCH_MOUNT,
+            "--dir", "/opt/bin",
+            "--symlink", python, "/opt/bin/python3",
+            "--symlink", python, "/opt/bin/python",
+            "--remount-ro", "/",
+            "--chdir", SCRATCH_MOUNT,
+            "--info-fd", str(info_fd),
+        ]  # fmt: skip
+        for name, value in (
+            ("PATH", "/opt/bin:/usr/local/bin:/usr/bin:/bin"),
+            ("HOME", SCRATCH_MOUNT),
+            ("LANG", "C.UTF-8"),
+            ("PYTHONPATH", SITE_MOUNT),
+            ("PYTHONDONTWRITEBYTECODE", "1"),
+            ("MPLCONFIGDIR", "/tmp"),
+            # One thread per library: the process limit counts threads, and results stay reproducible.
+            ("OMP_NUM_THREADS", "1"),
+            ("OPENBLAS_NUM_THREADS", "1"),
+            ("MKL_NUM_THREADS", "1"),
+            ("ARROW_IO_THREADS", "1"),
+            ("OMP_THREAD_LIMIT", "1"),
+        ):
+            args += ["--setenv", name, value]
+        nproc = lim.processes if self._as_root else -1
+        return args + [
+            python, "-I", "-S", "-c", _SHELL_WRAPPER,
+            str(lim.cpu_s), str(lim.memory_mb << 20), str(lim.file_mb << 20), str(lim.open_files), str(nproc), command,
+        ]  # fmt: skip
+
+    def run(self, command: str) -> ShellResult:
+        """Run one bash command; thread-safe across shells (one command at a time per shell)."""
+        if not self.scratch:
+            raise SandboxError("the shell is closed")
+        self.commands += 1
+        started = time.monotonic()
+        slot = _slots.get()  # bounds the sandboxes running at once (shared with run_python)
+        try:
+            with tempfile.TemporaryFile() as output:
+                returncode = self._spawn(command, output, started + self.limits.wall_s)
+                output.seek(0, os.SEEK_END)
+                size = output.tell()
+                text = _head_tail(output, size, self.limits.output_head, self.limits.output_tail)
+        finally:
+            _slots.put(slot)
+        note = self._enforce_scratch_quota()
+        exit_code = None if returncode is None else 128 - returncode if returncode < 0 else returncode
+        if exit_code is None:
+            note += f"\n[killed: the command ran past its {self.limits.wall_s:g} s wall clock]"
+        elif exit_code == 128 + signal.SIGXFSZ:
+            note += f"\n[killed: output or a file passed the {self.limits.file_mb} MB file size limit]"
+        elif exit_code in (128 + signal.SIGXCPU, 128 + signal.SIGKILL):
+            note += f"\n[killed: signal {exit_code - 128} (CPU limit {self.limits.cpu_s} s, or memory)]"
+        return ShellResult(
+            status="timeout" if exit_code is None else "ok" if exit_code == 0 else "error",
+            exit_code=exit_code,
+            output=text + note,
+            output_bytes=size,
+            wall_s=round(time.monotonic() - started, 4),
+        )
+
+    def _spawn(self, command: str, output, deadline: float) -> int | None:
+        info_read, info_write = os.pipe()
+        try:
+            proc = subprocess.Popen(
+                self._args(command, info_write),
+                stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, cwd="/", env={},
+                start_new_session=True, pass_fds=(info_write,),
+                user=self.uid if self._as_root else None, group=self.uid if self._as_root else None,
+                extra_groups=[] if self._as_root else None,
+            )  # fmt: skip
+        finally:
+            os.close(info_write)
+        try:
+            info = _read_all(info_read, deadline)
+        finally:
+            os.close(info_read)
+        if not info:
+            returncode = _wait_or_kill(proc, deadline)
+            if returncode is None:
+                return None
+            output.seek(0)
+            raise SandboxError(f"bwrap could not set up the sandbox: {output.read(2000).decode(errors='replace').strip()}")
+        init_fd = _open_init(info)
+        returncode = _wait_or_kill(proc, deadline)
+        if init_fd is not None:
+            try:
+                if returncode is None:
+                    _kill(init_fd)
+                if not select.select([init_fd], [], [], 5.0)[0]:
+                    _kill(init_fd)
+                    select.select([init_fd], [], [], 5.0)
+            finally:
+                os.close(init_fd)
+        return returncode
+
+    def _enforce_scratch_quota(self) -> str:
+        total = 0
+        for root, _dirs, files in os.walk(self.scratch):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    total += os.lstat(os.path.join(root, name)).st_blocks * 512
+        if total <= self.limits.scratch_mb << 20:
+            return ""
+        for entry in os.listdir(self.scratch):
+            path = os.path.join(self.scratch, entry)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+        return f"\n[the scratch dir passed its {self.limits.scratch_mb} MB quota: its files were removed]"
+
+
+def _head_tail(output, size: int, head: int, tail: int) -> str:
+    """The output as text; longer than head+tail characters: its head and tail with a marker between."""
+    output.seek(0)
+    if size <= 4 * (head + tail):
+        text = output.read().decode("utf-8", "replace")
+        if len(text) <= head + tail:
+            return text
+        return text[:head] + f"\n[... {len(text) - head - tail} characters omitted ...]\n" + text[-tail:]
+    first = output.read(4 * head).decode("utf-8", "replace")[:head]
+    output.seek(size - 4 * tail)
+    last = output.read().decode("utf-8", "replace")[-tail:]
+    return first + f"\n[... about {size - len(first.encode()) - len(last.encode())} bytes omitted ...]\n" + last
+
+
+def require_agent() -> None:
+    """Agent shells need the bwrap sandbox and python3 with pandas/pyarrow/numpy inside it; a one-line
+    UserError otherwise (checked once per process)."""
+    if current_mode() != "bwrap":
+        raise UserError("agent benches run their shells in the bwrap sandbox only (drop --sandbox none)")
+    require()
+    with _probe_lock:
+        if "agent" not in _agent_probe:
+            _agent_probe["agent"] = _probe_agent()
+    if _agent_probe["agent"] is not None:
+        raise UserError(_agent_probe["agent"])
+
+
+def _probe_agent() -> str | None:
+    check = "python3 -c 'import pandas, pyarrow.parquet, numpy; print(6 * 7)'"
+    try:
+        with tempfile.TemporaryDirectory() as empty, AgentShell(Path(empty), _checked=True) as shell:
+            result = shell.run(check)
+    except (SandboxError, OSError) as exc:
+        return f"the agent sandbox does not work here: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    if result.output.strip() != "42":
+        last = result.output.strip().splitlines()[-1:] or [""]
+        return f"the agent sandbox's python3 cannot import pandas/pyarrow/numpy (exit {result.exit_code}: {last[0][:300]!r})"
+    return None

@@ -1,0 +1,266 @@
+"""godmode through the real runner, sandbox, parser and scorer, with scripted policies instead of a model.
+
+The oracle replies with the generator's reference command as a Qwen tool call, then `ANSWER: <what it
+printed>`: 90/90 proves the generator, the sandbox, the tool-call parsing and the scorer agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+import benches
+from benches import godmode
+from benches.godmode import generator, scenario
+from benches.godmode.scoring import score_answer
+from engine import runner, sandbox
+from engine.backends import GenResult
+from engine.errors import UserError
+from engine.records import read_run
+from engine.spec import BenchSpec, RunSpec, SamplingConfig, VllmEngine
+
+pytestmark = pytest.mark.skipif(sandbox.shutil.which("bwrap") is None, reason="bubblewrap not installed")
+
+
+@pytest.fixture(scope="session")
+def scenarios(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("godmode-data")
+    generator.generate(root / "godmode")
+    return root
+
+
+class Killed(Exception):
+    """The run dies mid-way (as a kill would, but inside the test process)."""
+
+
+class Policy:
+    """A backend whose replies come from `decide(item_question, history)`; raises `kill` at request n."""
+
+    max_model_len = 32768
+
+    def __init__(self, decide, kill_at: int | None = None):
+        self.decide, self.kill_at, self.requests = decide, kill_at, []
+
+    async def generate(self, request):
+        self.requests.append(request)
+        if self.kill_at is not None and len(self.requests) == self.kill_at:
+            raise Killed("killed mid-run")
+        await asyncio.sleep(0)
+        text = self.decide(request.messages)
+        return GenResult(text=text, token_ids=[], finish_reason="stop", prompt_tokens=100, completion_tokens=len(text) // 4)
+
+    async def close(self):
+        pass
+
+
+def _tool_call(command: str) -> str:
+    call = json.dumps({"name": "bash", "arguments": {"command": command}})
+    return f"<tool_call>\n{call}\n</tool_call>"
+
+
+def _printed(messages) -> str:
+    body = messages[-1]["content"].removeprefix("<tool_response>\n").removesuffix("\n</tool_response>")
+    return body.split("\n", 1)[1].strip()
+
+
+def oracle(references: dict[str, str], transform=lambda answer, question: answer):
+    def decide(messages):
+        question = messages[1]["content"]
+        if len(messages) == 2:
+            return "Let me compute it.\n" + _tool_call(references[question])
+        return f"The output says it.\nANSWER: {transform(_printed(messages), question)}"
+
+    return decide
+
+
+def _plan(items, data_dir) -> runner.RunPlan:
+    spec = RunSpec(
+        model="policy", model_fingerprint="p", tier="full", seed=0, think=False, samples=1,
+        sampling=SamplingConfig(preset="greedy", temperature=0.0),
+        benches=(BenchSpec(name="godmode", version=godmode.VERSION, data_fingerprint=benches.data_fingerprint(items),
+                           n_items=len(items), items_fingerprint=benches.items_fingerprint(items), max_tokens=512),),
+        engine=VllmEngine(dtype="float32", chunked_prefill=False, bs1=False, prefix_caching=False, max_model_len=32768),
+    )  # fmt: skip
+    bench = runner.BenchPlan(module=godmode, items=items, prompts={}, max_tokens=512, samples=1)
+    return runner.RunPlan(spec=spec, checkpoint=None, benches={"godmode": bench})
+
+
+def _run(items, data_dir, backend, run_dir, concurrency=8):
+    plan = _plan(items, data_dir)
+    runner.prepare_run_dir(run_dir, plan.spec)
+    asyncio.run(runner.execute(plan, run_dir, backend, concurrency=concurrency))
+    return read_run(run_dir).records["godmode"]
+
+
+def _references(items):
+    return {godmode.USER.format(question=i.question, convention=i.meta["convention"]): i.meta["reference"] for i in items}
+
+
+def test_oracle_scores_90_of_90_through_sandbox_parser_and_scorer(scenarios, tmp_path):
+    items = godmode.load(scenarios)
+    assert len(items) == 90 and {i.category for i in items} == {"daily_ohlcv", "tick_day", "portfolio"}
+    records = _run(items, scenarios, Policy(oracle(_references(items))), tmp_path / "run")
+    assert len(records) == 90
+    wrong = [(r.item_id, r.answer, r.turns[-2].extra if len(r.turns) > 1 else None) for r in records if r.score != 1.0]
+    assert not wrong, wrong[:5]
+    assert {r.stop_reason for r in records} == {"answered"}
+    r = records[0]
+    assert [t.role for t in r.turns] == ["assistant", "tool", "assistant"] and r.turns[1].exit_code == 0
+    assert all(r.extra["matched"] == "stated" for r in records if "matched" in r.extra)
+
+
+def test_wrong_convention_is_scored_wrong_and_says_which(scenarios, tmp_path):
+    items = [i for i in godmode.load(scenarios) if i.meta["unit"] == "percent"][:4]
+    assert len(items) == 4
+
+    def as_ratio(answer, question):  # forgot the percent: 12.34 -> 0.1234
+        return f"{float(answer) / 100:.6f}"
+
+    records = _run(items, scenarios, Policy(oracle(_references(items), as_ratio)), tmp_path / "run")
+    assert [r.score for r in records] == [0.0] * 4
+    assert {r.extra["matched"] for r in records} == {"ratio"}
+
+
+def test_scoring_rules():
+    number = {"kind": "number", "tolerance": 0.01, "unit": "percent"}
+    assert score_answer("12.34%", "12.34", number) == (True, "stated")
+    assert score_answer("$1,234.567", "1234.57", number | {"unit": ""}) == (True, "stated")
+    assert score_answer("0.1234", "12.34", number) == (False, "ratio")
+    assert score_answer("12.4", "12.34", number) == (False, None)
+    ratio = {"kind": "number", "tolerance": 0.0001, "unit": "ratio"}
+    assert score_answer("12.34", "0.1234", ratio) == (False, "percent")
+    lists = {"kind": "list", "tolerance": 0}
+    assert score_answer("bbb, AAA", "AAA, BBB", lists) == (True, None)
+    assert score_answer("AAA, BBB, BBB", "AAA, BBB", lists) == (False, None)
+    assert score_answer("BBB, AAA", "AAA, BBB", lists | {"ordered": True}) == (False, None)
+    assert score_answer(" **`acc3`.** ", "ACC3", {"kind": "text", "tolerance": 0}) == (True, None)
+
+
+def test_parse_reply_formats():
+    assert godmode.parse_reply(_tool_call("ls /data")) == ("command", "ls /data")
+    args_as_string = '<tool_call>{"name": "bash", "arguments": "{\\"command\\": \\"pwd\\"}"}</tool_call>'
+    assert godmode.parse_reply(args_as_string) == ("command", "pwd")
+    assert godmode.parse_reply("Run:\n```bash\nhead /data/x\n```\n") == ("command", "head /data/x")
+    assert godmode.parse_reply("so\nANSWER: 42.1\n") == ("answer", "42.1")
+    assert godmode.parse_reply('<tool_call>{"name": "python"}</tool_call>')[0] == "format_error"
+    assert godmode.parse_reply("<tool_call>{oops</tool_call>")[0] == "format_error"
+    assert godmode.parse_reply("I think it is about 4.")[0] == "format_error"
+
+
+ESCAPES = [
+    ("network", "python3 -c 'import socket; socket.create_connection((\"1.1.1.1\", 80), timeout=2)'", "unreachable"),
+    ("write data", "touch /data/prices.parquet.new && echo WROTE", "Read-only"),
+    ("read outside", "ls /root /work /home 2>&1; cat /etc/shadow", "No such file"),
+    ("fork bomb", "bomb() { bomb | bomb & }; bomb; sleep 2; echo survived", ""),
+    ("endless output", "yes godmode", "omitted"),
+    ("sleep", "sleep 600", "wall clock"),
+]
+
+
+def test_escapes_inside_an_episode_are_contained(scenarios, tmp_path, monkeypatch):
+    items = [i for i in godmode.load(scenarios) if i.category == "portfolio"][:1]
+    commands = [c for _, c, _ in ESCAPES] + ["ls /data && echo STILL-HERE > note && cat note"]
+    monkeypatch.setattr(godmode, "SHELL_LIMITS", sandbox.ShellLimits(wall_s=4.0))
+
+    def decide(messages):
+        step = sum(m["role"] == "assistant" for m in messages)
+        return _tool_call(commands[step]) if step < len(commands) else "ANSWER: 0"
+
+    records = _run(items, scenarios, Policy(decide), tmp_path / "run")
+    (r,) = records
+    tools = [t for t in r.turns if t.role == "tool"]
+    assert len(tools) == len(commands) and r.stop_reason == "answered"
+    assert tools[-1].exit_code == 0  # the episode went on, its scratch intact
+    by_name = dict(zip([n for n, _, _ in ESCAPES], tools, strict=False))
+    assert by_name["write data"].exit_code != 0 and by_name["network"].exit_code != 0
+    assert by_name["sleep"].exit_code is None and by_name["sleep"].extra["status"] == "timeout"
+    assert by_name["endless output"].tokens >= 1 << 20  # megabytes written, a few KB shown
+    assert r.turns[-1].role == "assistant"
+
+
+def test_resume_after_a_kill_has_no_duplicates_or_losses(scenarios, tmp_path):
+    items = godmode.load(scenarios)[:12]
+    refs = _references(items)
+    with pytest.raises(Killed):
+        _run(items, scenarios, Policy(oracle(refs), kill_at=9), tmp_path / "run", concurrency=2)
+    partial = read_run(tmp_path / "run").records["godmode"]
+    assert 0 < len(partial) < 12
+    again = Policy(oracle(refs))
+    records = _run(items, scenarios, again, tmp_path / "run", concurrency=2)
+    ids = [r.item_id for r in records]
+    assert sorted(ids) == sorted(i.id for i in items) and len(set(ids)) == 12
+    lines = (tmp_path / "run" / "records" / "godmode.jsonl").read_text().splitlines()
+    assert len(lines) == 12  # nothing written twice
+    assert len(again.requests) == 2 * (12 - len(partial))
+    assert all(r.score == 1.0 for r in records)
+
+
+def test_malformed_scenarios_are_one_line_errors(scenarios, tmp_path):
+    good = scenarios / "godmode" / "portfolio"
+    bad = tmp_path / "godmode" / "broken"
+    bad.mkdir(parents=True)
+    (bad / "description.md").write_text((good / "description.md").read_text())
+    cases = [
+        ('{"id": "a", "question": "q", "answer": "1", "kind": "number", "tolerance": 0}', "field 'convention' missing"),
+        ('{"id": "a", "question": "q", "answer": 1, "kind": "number", "tolerance": 0, "convention": ""}', "field 'answer' must be a str"),
+        ('{"id": "a", "question": "q", "answer": "1", "kind": "float", "tolerance": 0, "convention": ""}', "choose number, text, list"),
+        ("not json", "not valid JSON"),
+    ]
+    for line, message in cases:
+        (bad / "questions.jsonl").write_text(line + "\n")
+        with pytest.raises(UserError, match=re.escape(message)) as info:
+            scenario.load_items(tmp_path / "godmode")
+        assert "questions.jsonl:1" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_episode_canaries_flag_more_turns_tool_errors_and_turn_limits():
+    from engine.episodes import canaries, format_canaries
+    from engine.records import ItemRecord, Turn
+
+    def rec(i, turns, tool_fail, stop):
+        trace = []
+        for k in range(turns):
+            trace.append(Turn(role="assistant", tokens=5, extra={"kind": "command"}))
+            trace.append(Turn(role="tool", exit_code=1 if k < tool_fail else 0))
+        return ItemRecord(
+            item_id=f"q{i}", sample=0, seed=0, prompt_hash="", completion="", prompt_tokens=1, completion_tokens=1,
+            finish_reason="stop", truncated=False, answer=None, score=0.0, latency_s=0.0, turns=trace, stop_reason=stop,
+        )  # fmt: skip
+
+    base = [rec(i, 2, 0, "answered") for i in range(20)]
+    cand = [rec(i, 2 + i % 5 + 1, 1, "turn_limit" if i < 12 else "answered") for i in range(20)]
+    c = canaries("godmode", base, cand)
+    by = {s.measure: s for s in c.counts}
+    assert by["turns used"].flagged and by["tool errors"].flagged and not by["format errors"].flagged
+    assert next(s for s in c.stops if s.reason == "turn_limit").flagged
+    text = "\n".join(format_canaries(c))
+    assert "turns used: mean 2.00 → 5.00" in text and "turn_limit 0→12 ⚠" in text
+    assert canaries("godmode", base, base).flags == [] and canaries("x", [], []) is None
+
+
+@pytest.mark.heavy
+def test_tiny_model_end_to_end_twice_gives_identical_trajectories(tiny_model, tmp_path):
+    from conftest import run_cli
+
+    trajectories = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        proc = run_cli(
+            "--model", "smollm2-135m", "--benches", "godmode", "--tier", "full", "--limit", "3", "--dtype", "float32",
+            "--bs1", "--max-tokens", "192", "--out", str(out), "--baseline", "none", env={"VLLM_HOST_IP": "127.0.0.1"},
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        records = sorted(read_run(out).records["godmode"], key=lambda r: r.item_id)
+        assert len(records) == 3 and all(r.stop_reason in godmode.STOP_REASONS for r in records)
+        assert all(r.turns and r.turns[0].role == "assistant" for r in records)
+        trajectories.append([(r.item_id, r.stop_reason, r.completion, [msgspec_turn(t) for t in r.turns]) for r in records])
+    assert trajectories[0] == trajectories[1]
+
+
+def msgspec_turn(turn):
+    extra = {k: v for k, v in turn.extra.items() if k != "wall_s"}  # the sandbox's own timing varies
+    return (turn.role, turn.tokens, turn.text, turn.exit_code, extra)
