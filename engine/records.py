@@ -42,6 +42,19 @@ class Turn(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fiel
     extra: dict[str, Any] = {}
 
 
+class Episode(msgspec.Struct, kw_only=True):
+    """What a solver (engine/solvers.py) gives back for one item: the final reply and how it came about."""
+
+    text: str  # the final reply: what the bench's score() sees (after the reasoning split)
+    finish_reason: str  # of the final reply
+    prompt_tokens: int  # summed over turns
+    completion_tokens: int  # summed over turns
+    prompt_hash: str  # of the first prompt
+    reasoning_tokens: int | None = None
+    turns: list[Turn] | None = None  # multi-turn episodes only
+    stop_reason: str | None = None  # "answered", "turn_limit", ... (multi-turn episodes)
+
+
 class ItemRecord(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
     item_id: str
     sample: int

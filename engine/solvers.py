@@ -16,19 +16,8 @@ from typing import Any
 import msgspec
 
 from engine.backends import Backend, GenRequest, GenResult, messages_hash, prompt_hash
-from engine.records import Turn
+from engine.records import Episode
 from engine.spec import SamplingConfig
-
-
-class Episode(msgspec.Struct, kw_only=True):
-    text: str  # the final reply: what the bench's score() sees (after the reasoning split)
-    finish_reason: str  # of the final reply
-    prompt_tokens: int  # summed over turns
-    completion_tokens: int  # summed over turns
-    prompt_hash: str  # of the first prompt
-    reasoning_tokens: int | None = None
-    turns: list[Turn] | None = None  # multi-turn episodes only
-    stop_reason: str | None = None  # "answered", "turn_limit", ... (multi-turn episodes)
 
 
 def turn_seed(seed: int, turn: int) -> int:
@@ -91,6 +80,8 @@ class Session:
         self.turn += 1
         return await self.backend.generate(request)
 
+
+__all__ = ["Episode", "Session", "Solver", "one_shot", "solver_of", "turn_seed"]
 
 Solver = Callable[[Any, Session], Awaitable[Episode]]
 

@@ -36,8 +36,7 @@ from pathlib import Path
 from benches import Item, Scored, check_unique_ids
 from benches.godmode import generator, scenario
 from benches.godmode.scoring import score_answer
-from engine.records import Turn
-from engine.solvers import Episode
+from engine.records import Episode, Turn
 
 NAME = "godmode"
 VERSION = "1"
