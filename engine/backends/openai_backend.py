@@ -93,7 +93,9 @@ def server_root(base_url: str) -> str:
     live beside `/v1`, not under it."""
     url = base_url.strip().rstrip("/")
     if not url.startswith(("http://", "https://")):
-        raise UserError(f"--base-url {base_url}: give a URL such as http://127.0.0.1:8000 (with http:// or https://)")
+        raise UserError(
+            f"--base-url {base_url}: give a URL such as http://127.0.0.1:8000 (with http:// or https://)"
+        )
     return url.removesuffix("/v1")
 
 
@@ -168,7 +170,9 @@ class Transport:
             base_url=self.root,
             headers={"Content-Type": "application/json", **api_key_headers(api_key_env)},
             timeout=httpx.Timeout(timeout_s, connect=min(CONNECT_TIMEOUT_S, timeout_s), pool=None),
-            limits=httpx.Limits(max_connections=max(1, concurrency), max_keepalive_connections=max(1, concurrency)),
+            limits=httpx.Limits(
+                max_connections=max(1, concurrency), max_keepalive_connections=max(1, concurrency)
+            ),
         )
 
     async def request(self, method: str, path: str, body: dict | None = None) -> Any:
@@ -194,7 +198,9 @@ class Transport:
                     unreachable, last = False, f"HTTP {status}: {_server_message(response)}"
                     retry_after = _retry_after(response)
                 elif status >= 400:
-                    raise BackendError(f"{method} {path}: HTTP {status} from the server: {_server_message(response)}")
+                    raise BackendError(
+                        f"{method} {path}: HTTP {status} from the server: {_server_message(response)}"
+                    )
                 else:
                     try:
                         return msgspec.json.decode(response.content)
@@ -270,7 +276,9 @@ def parse_chat_response(data: Any, want_logprobs: bool = False) -> GenResult:
         prompt_tokens = int(usage["prompt_tokens"])
         completion_tokens = int(usage["completion_tokens"])
     except (KeyError, IndexError, TypeError, ValueError) as exc:
-        raise BackendError(f"malformed chat completion (needs choices[0].message and usage): missing {exc}") from None
+        raise BackendError(
+            f"malformed chat completion (needs choices[0].message and usage): missing {exc}"
+        ) from None
     raw_finish = choice.get("finish_reason")
     if raw_finish not in _FINISH:
         raise BackendError(f"the server ended the completion with finish_reason {raw_finish!r}")
@@ -315,17 +323,23 @@ async def describe_server(
         try:
             listing = await transport.request("GET", "/v1/models")
         except BackendError as exc:
-            raise UserError(f"--base-url {base_url}: /v1/models failed, is this an OpenAI-compatible server? ({exc})") from None
+            raise UserError(
+                f"--base-url {base_url}: /v1/models failed, is this an OpenAI-compatible server? ({exc})"
+            ) from None
         models = listing.get("data") if isinstance(listing, dict) else None
         if not isinstance(models, list) or not all(isinstance(m, dict) and "id" in m for m in models):
             raise UserError(f"--base-url {base_url}: /v1/models answered without a list of models with ids")
         ids = [str(m["id"]) for m in models]
         if served_model is None:
             if len(ids) != 1:
-                raise UserError(f"--base-url {base_url} serves {len(ids)} models ({', '.join(ids) or 'none'}): pick one with --served-model")
+                raise UserError(
+                    f"--base-url {base_url} serves {len(ids)} models ({', '.join(ids) or 'none'}): pick one with --served-model"
+                )
             served_model = ids[0]
         if served_model not in ids:
-            raise UserError(f"--served-model {served_model}: not served at {base_url} (it serves: {', '.join(ids) or 'nothing'})")
+            raise UserError(
+                f"--served-model {served_model}: not served at {base_url} (it serves: {', '.join(ids) or 'nothing'})"
+            )
         entry = models[ids.index(served_model)]
         try:
             version_data = await transport.request("GET", "/version")
@@ -355,7 +369,9 @@ class OpenAIBackend:
         self._gate = asyncio.Semaphore(max(1, concurrency))
 
     @classmethod
-    async def start(cls, spec: OpenAIEngineSpec, *, concurrency: int, backoff_base_s: float = BACKOFF_BASE_S) -> OpenAIBackend:
+    async def start(
+        cls, spec: OpenAIEngineSpec, *, concurrency: int, backoff_base_s: float = BACKOFF_BASE_S
+    ) -> OpenAIBackend:
         transport = Transport(
             spec.base_url,
             api_key_env=spec.api_key_env,
@@ -365,7 +381,9 @@ class OpenAIBackend:
             backoff_base_s=backoff_base_s,
         )
         try:
-            info = await describe_server(spec.base_url, spec.api_key_env, spec.served_model or None, transport=transport)
+            info = await describe_server(
+                spec.base_url, spec.api_key_env, spec.served_model or None, transport=transport
+            )
         except BaseException:
             await transport.close()
             raise
