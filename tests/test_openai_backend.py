@@ -241,6 +241,21 @@ def test_400_fails_at_once_with_the_servers_message():
     assert len(server.bodies) == 1
 
 
+def test_a_server_side_cap_on_max_tokens_is_refused():
+    capped = {
+        **OK,
+        "choices": [{**OK["choices"][0], "finish_reason": "length"}],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 7},
+    }
+    with pytest.raises(BackendError, match="stopped at 7 tokens .* of the 64 asked for: it caps max_tokens"):
+        asyncio.run(_one(Scripted([(200, capped, 0)])))
+    # At the cap asked for, or where max_model_len leaves no more room, a length stop is a plain truncation.
+    at_cap = {**capped, "usage": {"prompt_tokens": 9, "completion_tokens": 64}}
+    assert asyncio.run(_one(Scripted([(200, at_cap, 0)]))).finish_reason == "length"
+    full = {**capped, "usage": {"prompt_tokens": 1000, "completion_tokens": 24}}  # 1000 + 24 = max_model_len
+    assert asyncio.run(_one(Scripted([(200, full, 0)]))).finish_reason == "length"
+
+
 def test_persistent_5xx_is_a_backend_error_not_endpoint_down():
     server = Scripted([(502, {"detail": "bad gateway"}, 0)] * 10)
     with pytest.raises(BackendError, match="failed after 4 tries: HTTP 502: bad gateway"):
@@ -382,7 +397,10 @@ def _free_port() -> int:
 # Defaults the server would fill in for any field a request left out: far from the harness's values,
 # so an omitted field changes the completions and the comparison with the in-process engine fails.
 HOSTILE_DEFAULTS = {"temperature": 1.3, "top_p": 0.5, "top_k": 5, "min_p": 0.2, "repetition_penalty": 1.3,
-                    "presence_penalty": 0.7, "frequency_penalty": 0.9, "max_new_tokens": 7}  # fmt: skip
+                    "presence_penalty": 0.7, "frequency_penalty": 0.9,
+                    # vLLM takes max_new_tokens as a cap no request can lift (the backend refuses a
+                    # completion cut below what it asked for): above what these tests ask.
+                    "max_new_tokens": 1600}  # fmt: skip
 
 
 def start_vllm_serve(checkpoint: Path, workdir: Path, *, served_name: str = "smollm2-135m", max_num_seqs: int = 64,
@@ -540,8 +558,7 @@ def test_endpoint_equals_inprocess_greedy_and_seeded(inprocess, served):
             want["prompt_tokens"],
             want["completion_tokens"],
         ), job["id"]
-    # Not vacuous: the greedy runs reach the cap (the server's max_new_tokens default of 7 was overridden)
-    # and the two seeds of a prompt differ.
+    # Not vacuous: some greedy runs reach the cap, and the two seeds of a prompt differ.
     assert any(r.finish_reason == "length" and r.completion_tokens == GREEDY_TOKENS for r in got[:8])
     seeded = got[8:]
     assert any(seeded[i].text != seeded[i + 1].text for i in range(0, len(seeded), 2))

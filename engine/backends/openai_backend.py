@@ -312,6 +312,21 @@ def parse_chat_response(data: Any, want_logprobs: bool = False) -> GenResult:
     )
 
 
+def check_not_capped(result: GenResult, max_tokens: int, max_model_len: int | None) -> None:
+    """A completion cut at the length limit before the tokens asked for: the server lowered max_tokens
+    on its own (vLLM does, to `max_new_tokens` of `--generation-config DIR` or
+    `--override-generation-config`). Recording it would grade a truncation the harness never asked for."""
+    if result.finish_reason != "length":
+        return
+    room = max_tokens if max_model_len is None else min(max_tokens, max_model_len - result.prompt_tokens)
+    if result.completion_tokens < room:
+        raise BackendError(
+            f"the server stopped at {result.completion_tokens} tokens (finish_reason length) of the {room} asked for: "
+            f"it caps max_tokens (vLLM: max_new_tokens in --generation-config / --override-generation-config); "
+            f"restart it without the cap"
+        )
+
+
 async def describe_server(
     base_url: str, api_key_env: str | None, served_model: str | None, *, transport: Transport | None = None
 ) -> ServerInfo:
@@ -394,9 +409,11 @@ class OpenAIBackend:
         async with self._gate:
             data = await self._transport.request("POST", "/v1/chat/completions", body)
         try:
-            return parse_chat_response(data, want_logprobs=request.logprobs)
+            result = parse_chat_response(data, want_logprobs=request.logprobs)
+            check_not_capped(result, body["max_tokens"], self.max_model_len)
         except BackendError as exc:
             raise BackendError(f"{request.request_id}: {exc}") from None
+        return result
 
     async def close(self) -> None:
         await self._transport.close()
