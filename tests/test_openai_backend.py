@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, need_shared_data
 
+from bench_kernels.endpoint_overhead import start_vllm_serve, stop_vllm_serve
 from engine.backends.openai_backend import (
     BackendError,
     EndpointDown,
@@ -385,15 +386,6 @@ def test_coarse_kl_is_zero_for_the_same_model_and_a_lower_bound_otherwise():
 
 # ---------------------------------------------------------------- a real `vllm serve` (heavy)
 
-VLLM_BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # Defaults the server would fill in for any field a request left out: far from the harness's values,
 # so an omitted field changes the completions and the comparison with the in-process engine fails.
 HOSTILE_DEFAULTS = {"temperature": 1.3, "top_p": 0.5, "top_k": 5, "min_p": 0.2, "repetition_penalty": 1.3,
@@ -401,52 +393,6 @@ HOSTILE_DEFAULTS = {"temperature": 1.3, "top_p": 0.5, "top_k": 5, "min_p": 0.2, 
                     # vLLM takes max_new_tokens as a cap no request can lift (the backend refuses a
                     # completion cut below what it asked for): above what these tests ask.
                     "max_new_tokens": 1600}  # fmt: skip
-
-
-def start_vllm_serve(checkpoint: Path, workdir: Path, *, served_name: str = "smollm2-135m", max_num_seqs: int = 64,
-                     extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:  # fmt: skip
-    """`vllm serve` on 127.0.0.1 in its own process group, configured as VllmBackend configures its
-    engine (float32 here, eager, no chunked prefill, no prefix caching), so a comparison isolates the
-    HTTP path. Returns once /health answers."""
-    import httpx
-
-    port = _free_port()
-    workdir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "VLLM_HOST_IP": "127.0.0.1", "HF_HUB_OFFLINE": "1", "VLLM_CACHE_ROOT": str(workdir / "cache"),
-           "TMPDIR": str(workdir), "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
-    cmd = [str(VLLM_BIN / "python"), "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint),
-           "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-           "--enforce-eager", "--max-model-len", "2048", "--kv-cache-memory-bytes", str(1 << 30), "--seed", "0",
-           "--no-enable-chunked-prefill", "--max-num-batched-tokens", "8192", "--no-enable-prefix-caching",
-           "--max-num-seqs", str(max_num_seqs), "--disable-uvicorn-access-log", *extra]  # fmt: skip
-    log = open(workdir / "serve.log", "wb")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"vllm serve exited with {proc.returncode}:\n{(workdir / 'serve.log').read_text()[-3000:]}"
-            )
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    stop_vllm_serve(proc)
-    raise RuntimeError(f"vllm serve not healthy after 300 s:\n{(workdir / 'serve.log').read_text()[-3000:]}")
-
-
-def stop_vllm_serve(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 # Today's in-process backend, in a child process (one vLLM engine alive at a time; nothing left behind).
@@ -499,7 +445,7 @@ def gsm8k_messages(n: int) -> list[tuple[str, list[dict]]]:
     return [(item.id, gsm8k.messages(item, False)) for item in items]
 
 
-GREEDY_TOKENS = 96
+GREEDY_TOKENS = 64
 SEEDED = resolve_sampling(None, False)  # qwen-nothink: T 0.7, top_p 0.8, top_k 20, presence 1.5
 
 
