@@ -468,9 +468,12 @@ def inprocess(tiny_model) -> dict[str, list[dict]]:
 
 @pytest.fixture(scope="module")
 def served(tiny_model, tmp_path_factory):
+    # Configured as the in-process engine above (float32, eager, no chunked prefill or prefix caching).
     proc, url = start_vllm_serve(
         tiny_model,
         tmp_path_factory.mktemp("serve"),
+        served_name="smollm2-135m",
+        dtype="float32",
         extra=("--override-generation-config", json.dumps(HOSTILE_DEFAULTS)),
     )
     yield proc, url
@@ -529,6 +532,7 @@ def test_describe_real_server_and_seeded_sampling_is_reproducible(served, tiny_m
 def test_endpoint_probe_of_the_same_model_is_at_the_floor(served, tiny_model, tmp_path):
     from probes import run as probe_run
     from probes.endpoint import format_endpoint_probe, score_endpoint
+    from probes.store import write_reference
 
     _, url = served
     data_dir = need_shared_data("gsm8k/test.jsonl").parent.parent
@@ -546,6 +550,22 @@ def test_endpoint_probe_of_the_same_model_is_at_the_floor(served, tiny_model, tm
     # vLLM lists at most 20 by default: asking for more is a one-line error saying what to do.
     with pytest.raises(UserError, match="--max-logprobs 64"):
         score_endpoint(reference=path, base_url=url, top_k=64)
+    # Sensitivity over the wire: a reference whose bins are tempered (T = 1/1.5, as a different model's
+    # would be) reads as clearly apart, with top-1 and the token log-probs (exact quantities) unchanged.
+    bins = (
+        np.concatenate(
+            [ref.topk_logprobs.astype(np.float64), ref.log_tail[:, None].astype(np.float64)], axis=1
+        )
+        * 1.5
+    )
+    bins -= np.logaddexp.reduce(bins, axis=1, keepdims=True)
+    tempered = msgspec.structs.replace(
+        ref, topk_logprobs=bins[:, :-1].astype(np.float32), log_tail=bins[:, -1].astype(np.float32)
+    )
+    write_reference(tmp_path / "tempered.dhref", tempered)
+    apart = score_endpoint(reference=tmp_path / "tempered.dhref", base_url=url).summary
+    assert apart.kl_mean > 100 * max(s.kl_mean, 1e-6) and apart.kl_mean > 1e-3
+    assert apart.top1_agree == 1.0 and apart.ppl_ratio == pytest.approx(s.ppl_ratio, abs=1e-9)
 
 
 @pytest.mark.heavy
