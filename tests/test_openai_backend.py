@@ -56,7 +56,7 @@ OK = {
 }
 
 
-def request(sampling: SamplingConfig | None = None, **kw) -> GenRequest:
+def gen_request(sampling: SamplingConfig | None = None, **kw) -> GenRequest:
     fields = {
         "request_id": "r0",
         "messages": MESSAGES,
@@ -73,7 +73,7 @@ def request(sampling: SamplingConfig | None = None, **kw) -> GenRequest:
 
 def test_body_sends_every_sampling_value_explicitly():
     s = resolve_sampling(None, False, min_p=0.05, repetition_penalty=1.1)
-    body = chat_body(request(s, think=True, max_tokens=5000), "m", 2048)
+    body = chat_body(gen_request(s, think=True, max_tokens=5000), "m", 2048)
     assert body["temperature"] == 0.7 and body["top_p"] == 0.8 and body["top_k"] == 20
     assert body["min_p"] == 0.05 and body["presence_penalty"] == 1.5 and body["repetition_penalty"] == 1.1
     assert (
@@ -82,12 +82,14 @@ def test_body_sends_every_sampling_value_explicitly():
     assert body["chat_template_kwargs"] == {"enable_thinking": True}
     assert body["max_tokens"] == body["max_completion_tokens"] == 2048  # vLLM refuses more than max_model_len
     assert body["skip_special_tokens"] is True and body["messages"] == MESSAGES and body["model"] == "m"
-    greedy = chat_body(request(PRESETS["greedy"], think=False), "m", None)
+    greedy = chat_body(gen_request(PRESETS["greedy"], think=False), "m", None)
     assert (
         greedy["top_k"] == -1 and greedy["temperature"] == 0.0 and greedy["max_tokens"] == 64
     )  # -1: "off" everywhere
     assert greedy["chat_template_kwargs"] == {"enable_thinking": False} and greedy["logprobs"] is False
-    assert "top_logprobs" not in greedy and chat_body(request(logprobs=True), "m", None)["top_logprobs"] == 0
+    assert (
+        "top_logprobs" not in greedy and chat_body(gen_request(logprobs=True), "m", None)["top_logprobs"] == 0
+    )
 
 
 def _answer(message: dict, finish: str = "stop", **usage) -> dict:
@@ -215,7 +217,7 @@ async def _one(server: Scripted, req: GenRequest | None = None, **spec_kw):
     async with server as url:
         backend = await OpenAIBackend.start(spec(url, **spec_kw), concurrency=2, backoff_base_s=0.01)
         try:
-            return await backend.generate(req or request())
+            return await backend.generate(req or gen_request())
         finally:
             await backend.close()
 
@@ -279,7 +281,7 @@ def test_timeout_is_retried_then_a_backend_error():
             )
             t0 = time.monotonic()
             with pytest.raises(BackendError, match=r"failed after 2 tries: no answer within 0.3s"):
-                await backend.generate(request())
+                await backend.generate(gen_request())
             await backend.close()
             return time.monotonic() - t0
 
@@ -292,7 +294,9 @@ def test_concurrency_is_bounded():
     async def main():
         async with server as url:
             backend = await OpenAIBackend.start(spec(url), concurrency=3)
-            results = await asyncio.gather(*(backend.generate(request(request_id=str(i))) for i in range(12)))
+            results = await asyncio.gather(
+                *(backend.generate(gen_request(request_id=str(i))) for i in range(12))
+            )
             await backend.close()
             return results
 
@@ -313,10 +317,10 @@ def test_unreachable_endpoint_is_endpoint_down_and_fails_fast_after():
         async with server as url:
             backend = await OpenAIBackend.start(spec(url), concurrency=4, backoff_base_s=0.01)
         with pytest.raises(EndpointDown):
-            await backend.generate(request())
+            await backend.generate(gen_request())
         t0 = time.monotonic()
         with pytest.raises(EndpointDown):  # later requests fail at once, no retries per item
-            await backend.generate(request())
+            await backend.generate(gen_request())
         assert time.monotonic() - t0 < 0.05
         await backend.close()
 
@@ -342,7 +346,7 @@ def test_describe_server_and_model_choice(monkeypatch):
             assert (await describe_server(url, None, None)).server_version == "9.9"
             monkeypatch.setenv("DH_TEST_KEY", "sekrit")
             backend = await OpenAIBackend.start(spec(url, api_key_env="DH_TEST_KEY"), concurrency=1)
-            await backend.generate(request())
+            await backend.generate(gen_request())
             await backend.close()
             assert server.headers[-1]["Authorization"] == "Bearer sekrit" and backend.max_model_len == 1024
             with pytest.raises(UserError, match="--api-key-env DH_UNSET_KEY"):
@@ -588,7 +592,7 @@ def test_killed_server_is_endpoint_down_not_a_hang(served):
         results = await asyncio.wait_for(asyncio.gather(*in_flight, return_exceptions=True), timeout=60)
         elapsed = time.monotonic() - t0
         with pytest.raises(EndpointDown):  # and the next item fails the same way
-            await backend.generate(request(max_tokens=8))
+            await backend.generate(gen_request(max_tokens=8))
         await backend.close()
         return results, elapsed
 
