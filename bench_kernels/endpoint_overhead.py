@@ -114,19 +114,19 @@ def _is_cpu_build() -> bool:
 async def _inprocess(checkpoint: Path, prompts: list[list[dict]], args) -> dict:
     from engine.backends import GenRequest, load_tokenizer, render_chat
     from engine.backends.vllm_backend import VllmBackend
-    from engine.records import EngineSpec
     from engine.sampling import PRESETS
+    from engine.spec import VllmEngine
 
     tokenizer = load_tokenizer(checkpoint)
     ids = [render_chat(tokenizer, m, False) for m in prompts]
     t0 = time.monotonic()
-    spec = EngineSpec(
-        backend="vllm",
+    spec = VllmEngine(
         dtype=args.dtype,
         chunked_prefill=False,
         bs1=False,
         prefix_caching=False,
         max_model_len=2048,
+        engine_core=args.engine_core,
     )
     backend = await VllmBackend.start(
         checkpoint, spec, seed=0, concurrency=args.concurrency, kv_cache_gib=1.0
@@ -156,12 +156,12 @@ async def _inprocess(checkpoint: Path, prompts: list[list[dict]], args) -> dict:
 
 
 async def _endpoint(url: str, prompts: list[list[dict]], args) -> dict:
-    from engine.backends.openai_backend import GenRequest, OpenAIBackend, OpenAIEngineSpec
+    from engine.backends import GenRequest
+    from engine.backends.openai_backend import OpenAIBackend
     from engine.sampling import PRESETS
+    from engine.spec import OpenAIEngine
 
-    backend = await OpenAIBackend.start(
-        OpenAIEngineSpec(base_url=url, served_model=""), concurrency=args.concurrency
-    )
+    backend = await OpenAIBackend.start(OpenAIEngine(base_url=url, served_model=""), concurrency=args.concurrency)
     started = time.monotonic()
     try:
         out = await asyncio.gather(*(
@@ -188,6 +188,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("-c", "--concurrency", type=int, default=64)
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--engine-core", default="auto", choices=["auto", "process", "inline"],
+                        help="the in-process side's engine core (auto: inline on CPU)")
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     args = parser.parse_args()
 

@@ -238,7 +238,7 @@ def _engine_spec(args):
             base_url=args.base_url,
             served_model=info.served_model,
             served_root=info.root,
-            server_version=info.version,
+            server_version=info.server_version,
             max_model_len=info.max_model_len,
             api_key_env=args.api_key_env,
         )
@@ -286,12 +286,14 @@ def _probe_tier0(args, run_dir: Path) -> int:
             raise UserError("--probe-gate needs a reference: pass --probe REF (built with `python -m engine probe --build-reference`)")
         return EXIT_OK
     if args.backend == "openai":
-        from probes.endpoint import score_endpoint
+        from probes.endpoint import format_endpoint_probe, score_endpoint
 
-        summary = score_endpoint(base_url=args.base_url, api_key_env=args.api_key_env, served_model=args.served_model, reference=reference)
+        probe = score_endpoint(base_url=args.base_url, api_key_env=args.api_key_env, served_model=args.served_model, reference=reference)
+        summary = probe.summary
+        print(format_endpoint_probe(probe))
     else:
         summary = probe_run.score_candidate(model=args.model, reference=reference, backend=args.backend, dtype=args.dtype, tp=args.tp)
-    print(format_summary(summary, "(tier 0)"))
+        print(format_summary(summary, "(tier 0)"))
     (Path(run_dir) / PROBE_FILE).write_bytes(msgspec.json.format(msgspec.json.encode(summary), indent=1))
     if args.probe_gate is not None and not summary.kl_mean <= args.probe_gate:
         print(f"probe gate: mean KL {summary.kl_mean:.6f} > {args.probe_gate:g}: the candidate is already broken; benches not run")
@@ -319,7 +321,11 @@ def cmd_probe(argv: list[str]) -> int:
     p.add_argument("--think", action="store_true", help="chat template with thinking (default: the --from-run's mode)")
     p.add_argument("--top-k", default="64", help="reference bins per position, or 'full' (whole vocabulary)")
     p.add_argument("--store-dtype", default="float32", help="float32 | float16 (log-probs of the bins)")
-    p.add_argument("--backend", default="vllm", choices=["vllm", "hf"], help="engine (default vllm)")
+    p.add_argument("--backend", default="vllm", choices=["vllm", "hf", "openai"],
+                   help="engine (default vllm); openai: score a served model over --base-url (top-k only, no build)")
+    p.add_argument("--base-url", default=None, help="--backend openai: the server (needs prompt log-probs, e.g. vLLM serve)")
+    p.add_argument("--api-key-env", default=None, help="--backend openai: environment variable holding the API key")
+    p.add_argument("--served-model", default=None, help="--backend openai: model id on the server")
     p.add_argument("--dtype", default="bfloat16", help="model dtype (default bfloat16)")
     p.add_argument("--tp", type=int, default=1, help="tensor parallel size (vllm)")
     p.add_argument("--gate", type=float, default=None, metavar="KL", help="exit 1 when mean KL exceeds KL")
@@ -329,6 +335,8 @@ def cmd_probe(argv: list[str]) -> int:
     checks.at_least_one("--tokens", args.tokens)
     checks.at_least_one("--tp", args.tp)
     if args.build_reference:
+        if args.backend == "openai":
+            raise UserError("probe --build-reference computes the baseline's full distributions here: use --backend vllm or hf")
         out = args.out or args.from_run
         if out is None:
             raise UserError("probe --build-reference: give --out REF (or --from-run RUN to store it with the baseline run)")
@@ -343,6 +351,21 @@ def cmd_probe(argv: list[str]) -> int:
         return EXIT_OK
     if args.reference is None:
         raise UserError("probe: give --reference REF to score --model, or --build-reference --out REF")
+    if args.backend == "openai":
+        if not args.base_url:
+            raise UserError("probe --backend openai: give --base-url URL of the server")
+        from probes.endpoint import format_endpoint_probe, score_endpoint
+
+        probe = score_endpoint(
+            base_url=args.base_url, api_key_env=args.api_key_env, served_model=args.served_model, reference=args.reference
+        )
+        if args.json:
+            import msgspec
+
+            print(msgspec.json.encode(probe).decode())
+        else:
+            print(format_endpoint_probe(probe))
+        return EXIT_DEGRADED if args.gate is not None and not probe.summary.kl_mean <= args.gate else EXIT_OK
     summary = probe_run.score_candidate(model=args.model, reference=args.reference, backend=args.backend, dtype=args.dtype, tp=args.tp)
     if args.json:
         import msgspec

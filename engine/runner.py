@@ -399,14 +399,18 @@ async def _run_benches(
             print(f"\n{name}: {done} completions in {time.monotonic() - started:.1f}s", file=sys.stderr)
 
     # Bench by bench into one queue: the tail of one bench overlaps the start of the next.
-    jobs = [one(name, item, k) for name, items in pending.items() for item, k in items]
+    tasks = [asyncio.ensure_future(one(name, item, k)) for name, items in pending.items() for item, k in items]
     try:
-        await asyncio.gather(*jobs)
+        await asyncio.gather(*tasks)
     except EndpointDown as exc:
         done = sum(p.count for p in progress.values())
         total = sum(len(b.items) * b.samples for b in plan.benches.values())
         raise EngineFailed(f"{exc}: {done} of {total} done; restart the server and rerun the same command to resume") from exc
     finally:
+        # Whatever ended the run, no request may still be writing once the writers close.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for p in progress.values():
             p.bar.close()
     _append_timing(run_dir, writers, started, concurrency)

@@ -26,20 +26,18 @@ import pytest
 from conftest import ROOT, need_shared_data
 
 from bench_kernels.endpoint_overhead import start_vllm_serve, stop_vllm_serve
+from engine.backends import BackendError, EndpointDown, GenRequest
 from engine.backends.openai_backend import (
-    BackendError,
-    EndpointDown,
-    GenRequest,
     OpenAIBackend,
-    OpenAIEngineSpec,
     backoff_delay,
     chat_body,
     describe_server,
     parse_chat_response,
 )
 from engine.errors import UserError
-from engine.records import SamplingConfig
 from engine.sampling import PRESETS, resolve_sampling
+from engine.spec import OpenAIEngine as OpenAIEngineSpec
+from engine.spec import SamplingConfig
 from probes.endpoint import coarse_kl
 
 MESSAGES = [{"role": "user", "content": "What is 2+3?"}]
@@ -570,6 +568,78 @@ def test_endpoint_probe_of_the_same_model_is_at_the_floor(served, tiny_model, tm
     apart = score_endpoint(reference=tmp_path / "tempered.dhref", base_url=url).summary
     assert apart.kl_mean > 100 * max(s.kl_mean, 1e-6) and apart.kl_mean > 1e-3
     assert apart.top1_agree == 1.0 and apart.ppl_ratio == pytest.approx(s.ppl_ratio, abs=1e-9)
+
+
+@pytest.mark.heavy
+def test_run_command_through_the_endpoint_matches_the_in_process_run(served, tmp_path):
+    """`--backend openai` end to end (plan, runner, records, compare): float32 greedy completions equal
+    those of `--backend vllm`, and grading one against the other needs the engine fields waived."""
+    from conftest import run_cli
+
+    from engine.records import read_run
+    from engine.spec import backend_name
+
+    _, url = served
+    common = ["--model", "smollm2-135m", "--benches", "arith", "--tier", "full", "--limit", "8", "--dtype", "float32",
+              "--sampling", "greedy", "--max-tokens", "48", "--baseline", "none", "-c", "8"]  # fmt: skip
+    local = run_cli(*common, "--out", str(tmp_path / "local"))
+    assert local.returncode == 0, local.stderr[-2000:]
+    remote = run_cli(*common, "--backend", "openai", "--base-url", url, "--out", str(tmp_path / "remote"))
+    assert remote.returncode == 0, remote.stderr[-2000:]
+    run = read_run(tmp_path / "remote")
+    assert backend_name(run.spec.engine) == "openai" and run.spec.engine.served_model == "smollm2-135m"
+    assert run.spec.engine.max_model_len == 2048 and run.spec.engine.server_version
+    by_id = lambda r: {x.item_id: x.completion for x in r.records["arith"]}  # noqa: E731
+    assert by_id(run) == by_id(read_run(tmp_path / "local"))
+    refused = run_cli("compare", str(tmp_path / "local"), str(tmp_path / "remote"))
+    assert refused.returncode == 3 and "engine.chunked_prefill" in refused.stdout
+    graded = run_cli("compare", str(tmp_path / "local"), str(tmp_path / "remote"), "--allow-differ", "engine")
+    assert graded.returncode == 0, graded.stdout[-2000:]
+    assert "bit-identical on 8 items" in graded.stdout
+
+
+@pytest.mark.heavy
+def test_run_survives_a_killed_server_and_resumes_after_a_restart(tiny_model, tmp_path):
+    """Kill the server mid-run: the run stops with one line (exit 4), its records intact; a rerun against
+    a restarted server (another port: where it lives is informative) completes without duplicates."""
+    from conftest import run_cli
+
+    from engine.records import read_records, records_path
+
+    proc, url = start_vllm_serve(tiny_model, tmp_path / "serve1", served_name="smollm2-135m", dtype="float32")
+    out = tmp_path / "run"
+    common = ["--model", "smollm2-135m", "--benches", "arith", "--tier", "full", "--limit", "40", "--dtype", "float32",
+              "--max-tokens", "160", "--baseline", "none", "-c", "4", "--out", str(out)]  # fmt: skip
+    try:
+        runner = subprocess.Popen(
+            [sys.executable, "-m", "engine", *common, "--backend", "openai", "--base-url", url],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        records = records_path(out, "arith")
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and runner.poll() is None:
+            if records.exists() and records.read_bytes().count(b"\n") >= 4:
+                break
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = runner.communicate(timeout=120)
+    finally:
+        stop_vllm_serve(proc)
+    assert runner.returncode == 4, stderr[-2000:]
+    assert "restart the server and rerun the same command to resume" in stderr
+    kept = read_records(records)  # every line decodes and checks out
+    assert 4 <= len(kept) < 40 and all(r.error is None for r in kept)
+
+    proc, url = start_vllm_serve(tiny_model, tmp_path / "serve2", served_name="smollm2-135m", dtype="float32")
+    try:
+        rerun = run_cli(*common, "--backend", "openai", "--base-url", url)
+    finally:
+        stop_vllm_serve(proc)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    final = read_records(records)
+    assert len(final) == 40 == len({(r.item_id, r.sample) for r in final})
+    assert records.read_bytes().count(b"\n") == 40  # nothing written twice
+    assert {r.item_id: r.completion for r in kept} == {r.item_id: r.completion for r in final if r.item_id in {k.item_id for k in kept}}
 
 
 @pytest.mark.heavy

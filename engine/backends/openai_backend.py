@@ -23,52 +23,9 @@ from typing import Any
 import httpx
 import msgspec
 
+from engine.backends.protocol import BackendError, EndpointDown, GenRequest, GenResult
 from engine.errors import UserError
-from engine.records import SamplingConfig
-
-# moved to engine/backends/__init__.py at merge
-
-
-class GenRequest(msgspec.Struct, frozen=True, kw_only=True):
-    request_id: str
-    messages: list[dict[str, Any]]  # OpenAI chat messages
-    think: bool  # -> chat_template_kwargs.enable_thinking
-    sampling: SamplingConfig
-    max_tokens: int
-    seed: int
-    prompt_token_ids: list[int] | None = None  # in-process backends only; an endpoint ignores it
-    logprobs: bool = False
-
-
-class GenResult(msgspec.Struct, kw_only=True):
-    # For a server that separates reasoning: f"{reasoning}</think>{content}" (so the harness's split at
-    # </think> works); the reasoning alone (no </think>) when the completion was cut inside it.
-    text: str
-    token_ids: list[int]  # [] when the server does not return them
-    finish_reason: str  # "stop" | "length" | "abort"
-    prompt_tokens: int  # from usage
-    completion_tokens: int  # from usage
-    logprobs: list[float] | None = None
-    reasoning_tokens: int | None = None  # usage.completion_tokens_details.reasoning_tokens where offered
-
-
-class BackendError(Exception):
-    """One request failed for good (after retries): the runner records an error item, never a wrong answer."""
-
-
-class EndpointDown(Exception):
-    """The server is unreachable after retries: the run stops with this one-line error; records so far stay."""
-
-
-# moved to engine/spec.py at merge
-
-
-class OpenAIEngineSpec(msgspec.Struct, frozen=True, kw_only=True, tag="openai"):
-    base_url: str  # informative
-    served_model: str  # name sent in requests; from /v1/models when not given
-    api_key_env: str | None = None  # env var holding the key (never the key itself in the spec)
-    timeout_s: float = 600.0
-    max_retries: int = 5
+from engine.spec import OpenAIEngine
 
 
 class ServerInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -385,7 +342,7 @@ class OpenAIBackend:
 
     @classmethod
     async def start(
-        cls, spec: OpenAIEngineSpec, *, concurrency: int, backoff_base_s: float = BACKOFF_BASE_S
+        cls, spec: OpenAIEngine, *, concurrency: int, backoff_base_s: float = BACKOFF_BASE_S
     ) -> OpenAIBackend:
         transport = Transport(
             spec.base_url,
