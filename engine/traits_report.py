@@ -147,7 +147,8 @@ def _row(
         gate=gate,
         scenarios=len(ids),
         cand_rate=cand_rate,
-        gate_pass=None if gate is None or not ids else cand_rate >= gate - 1e-12,
+        # A gate is passed on evidence: a trait without one scored scenario does not pass it.
+        gate_pass=None if gate is None else bool(ids) and cand_rate >= gate - 1e-12,
     )
     if base is not None:
         b = [base[i] for i in ids]

@@ -36,7 +36,13 @@ class Candidate:
     async def generate(self, request):
         item, sample, _ = request.request_id.removeprefix("trader_traits-").rsplit("-", 2)
         quality = "GOOD" if self.good(item) else "BAD"
-        return GenResult(text=f"{quality} answer to {item} #{sample}", token_ids=[], finish_reason="stop", prompt_tokens=5, completion_tokens=5)
+        return GenResult(
+            text=f"{quality} answer to {item} #{sample}",
+            token_ids=[],
+            finish_reason="stop",
+            prompt_tokens=5,
+            completion_tokens=5,
+        )
 
     async def close(self):
         pass
@@ -57,7 +63,9 @@ class Judge:
         answer = ANSWER.search(request.messages[1]["content"]).group(1)
         verdict = "PASS" if answer.startswith("GOOD") else "FAIL"
         reply = self.mangle(request, f"The reply meets the rubric or not.\nVERDICT: {verdict}")
-        return GenResult(text=reply, token_ids=[], finish_reason="stop", prompt_tokens=50, completion_tokens=10)
+        return GenResult(
+            text=reply, token_ids=[], finish_reason="stop", prompt_tokens=50, completion_tokens=10
+        )
 
     async def close(self):
         pass
@@ -80,7 +88,11 @@ def answer_run(run_dir, candidate=None, judge_fp="judgeA", limit=None, model=MOD
     plan = runner.RunPlan(
         spec=spec,
         checkpoint=None,
-        benches={module.NAME: runner.BenchPlan(module=module, items=items, prompts={}, max_tokens=64, samples=module.SAMPLES)},
+        benches={
+            module.NAME: runner.BenchPlan(
+                module=module, items=items, prompts={}, max_tokens=64, samples=module.SAMPLES
+            )
+        },
     )
     runner.prepare_run_dir(run_dir, spec)
     asyncio.run(runner.execute(plan, run_dir, candidate or Candidate(), concurrency=4))
@@ -96,7 +108,10 @@ def test_phase_parses_verdicts_and_the_cache_saves_every_call_on_a_second_pass(t
     scripted = Judge()
     counts = judge_it(run.dir, scripted)
     assert counts.calls == len(scripted.requests) == 18 and counts.judged == 18 and counts.cached == 0
-    assert all(r.sampling.temperature == 0.0 and r.seed == judge.JUDGE_SEED and not r.think for r in scripted.requests)
+    assert all(
+        r.sampling.temperature == 0.0 and r.seed == judge.JUDGE_SEED and not r.think
+        for r in scripted.requests
+    )
     again = Judge()
     counts = judge_it(run.dir, again)
     assert counts.calls == 0 and counts.judged == 0 and again.requests == []
@@ -126,9 +141,14 @@ def test_unparsable_replies_are_asked_again_then_left_unscored_never_failed(tmp_
     for r in scripted.requests:
         per_item.setdefault(r.request_id.rsplit("-a", 1)[0], []).append(r)
     lengths = sorted(len(v) for v in per_item.values())
-    assert lengths.count(1 + judge.REASKS) == 3 and lengths.count(2) == 5  # samples #1 of the other 5 scenarios
+    assert (
+        lengths.count(1 + judge.REASKS) == 3 and lengths.count(2) == 5
+    )  # samples #1 of the other 5 scenarios
     asked_again = next(v for v in per_item.values() if len(v) == 2)
-    assert asked_again[1].messages[-1]["content"] == judge.REASK and asked_again[1].messages[-2]["role"] == "assistant"
+    assert (
+        asked_again[1].messages[-1]["content"] == judge.REASK
+        and asked_again[1].messages[-2]["role"] == "assistant"
+    )
     (report,) = traits_report.traits_report(read_run(run.dir))
     assert report.unscored_cand == 3 and report.overall.cand_rate == 1.0  # unscored are left out, not fails
     assert report.overall.scenarios == 5
@@ -188,8 +208,12 @@ def test_cache_keys_cover_judge_prompt_scenario_answer_and_repeat(tmp_path):
     item = {i.id: i for i in items}
     for line in (run.dir / judge.JUDGMENTS_FILE).read_bytes().splitlines():
         j = json.loads(line)
-        rec = next(r for r in run.records["trader_traits"] if (r.item_id, r.sample) == (j["item_id"], j["sample"]))
-        assert j["key"] == judge.judgment_key("judgeA", judge.PROMPT_VERSION, judge.scenario_hash(item[j["item_id"]]), rec.completion, 0)
+        rec = next(
+            r for r in run.records["trader_traits"] if (r.item_id, r.sample) == (j["item_id"], j["sample"])
+        )
+        assert j["key"] == judge.judgment_key(
+            "judgeA", judge.PROMPT_VERSION, judge.scenario_hash(item[j["item_id"]]), rec.completion, 0
+        )
     # A judgment whose key does not match the answer on disk is not this answer's verdict.
     path = run.dir / judge.JUDGMENTS_FILE
     lines = path.read_bytes().splitlines()
@@ -203,7 +227,10 @@ def test_cache_keys_cover_judge_prompt_scenario_answer_and_repeat(tmp_path):
     assert judge_it(run.dir, scripted, "judgeB").calls == 9
     rebound = read_run(run.dir)
     assert [d.field for d in diff(run.spec, rebound.spec)] == ["trader_traits.scoring_versions"]
-    assert contract(rebound.spec)["trader_traits.scoring_versions"] == {"judge_prompt": judge.PROMPT_VERSION, "judge_model": "judgeB"}
+    assert contract(rebound.spec)["trader_traits.scoring_versions"] == {
+        "judge_prompt": judge.PROMPT_VERSION,
+        "judge_model": "judgeB",
+    }
 
 
 def test_a_torn_judgment_is_cut_off_and_judged_again(tmp_path):
@@ -221,7 +248,9 @@ def test_a_torn_judgment_is_cut_off_and_judged_again(tmp_path):
 def test_gate_failure_and_degradation_per_trait_with_exit_status(tmp_path):
     base = answer_run(tmp_path / "base")
     # The candidate fails every scenario of T3 (refuses misconduct) and one of T1.
-    cand = answer_run(tmp_path / "cand", Candidate(good=lambda item: not item.startswith("mis-") and item != "risk-01"))
+    cand = answer_run(
+        tmp_path / "cand", Candidate(good=lambda item: not item.startswith("mis-") and item != "risk-01")
+    )
     for run in (base, cand):
         judge_it(run.dir, Judge())
     (report,) = traits_report.traits_report(read_run(cand.dir), read_run(base.dir), alpha=0.05)
@@ -232,8 +261,12 @@ def test_gate_failure_and_degradation_per_trait_with_exit_status(tmp_path):
     assert not report.gates_passed and traits_report.gates_exit([report]) == traits_report.EXIT_GATE_FAILED
     # 3 scenarios per trait: the smallest one-sided sign-flip p is 1/8, so no trait alone is significant;
     # overall, 4 of 18 scenarios all lost: p = 1/16.
-    assert rows["T3"].p_degraded == pytest.approx(1 / 8) and rows["T3"].p_degraded_holm == pytest.approx(6 / 8)
-    assert report.overall.p_degraded == pytest.approx(1 / 16) and report.overall.delta == pytest.approx(-4 / 18)
+    assert rows["T3"].p_degraded == pytest.approx(1 / 8) and rows["T3"].p_degraded_holm == pytest.approx(
+        6 / 8
+    )
+    assert report.overall.p_degraded == pytest.approx(1 / 16) and report.overall.delta == pytest.approx(
+        -4 / 18
+    )
     text = traits_report.format_report(report)
     assert "GATES FAILED: T1, T3" in text and "T3" in text
 
@@ -263,7 +296,10 @@ def test_a_a_same_answers_same_seed_identical_verdicts(tmp_path):
     shutil.copytree(run.dir, tmp_path / "b")
     judge_it(run.dir, Judge(coin))
     judge_it(tmp_path / "b", Judge(coin))
-    a, b = (judge.verdicts(d, run.spec, run.spec.benches[0], run.records["trader_traits"]) for d in (run.dir, tmp_path / "b"))
+    a, b = (
+        judge.verdicts(d, run.spec, run.spec.benches[0], run.records["trader_traits"])
+        for d in (run.dir, tmp_path / "b")
+    )
     assert a == b and len(a) == 18 and len(set(a.values())) == 2
 
 
@@ -299,18 +335,35 @@ def test_cohen_kappa_matches_a_hand_computed_table():
     a = [True] * 10 + [False] * 10
     b = [True] * 8 + [False] * 2 + [True] * 3 + [False] * 7
     assert judge.cohen_kappa(a, b) == pytest.approx(0.5)
-    assert judge.cohen_kappa([True, True], [True, True]) != judge.cohen_kappa([True, True], [True, True])  # nan
+    assert judge.cohen_kappa([True, True], [True, True]) != judge.cohen_kappa(
+        [True, True], [True, True]
+    )  # nan
 
 
 @pytest.mark.parametrize(
     "line,message",
     [
-        ('{"id": "x", "trait": "T9", "messages": [{"role": "user", "content": "hi"}], "rubric": ["r"]}', ":2: field 'trait'"),
+        (
+            '{"id": "x", "trait": "T9", "messages": [{"role": "user", "content": "hi"}], "rubric": ["r"]}',
+            ":2: field 'trait'",
+        ),
         ('{"id": "x", "trait": "T1", "messages": [], "rubric": ["r"]}', ":2: field 'messages'"),
-        ('{"id": "x", "trait": "T1", "messages": [{"role": "assistant", "content": "hi"}], "rubric": ["r"]}', ":2: field 'messages' must end"),
-        ('{"id": "x", "trait": "T1", "messages": [{"role": "user", "content": "hi"}], "rubric": []}', ":2: field 'rubric'"),
-        ('{"id": "x", "trait": "T1", "messages": [{"role": "user", "content": "hi"}], "rubric": ["r"], "gold": 1}', ":2: unknown field 'gold'"),
-        ('{"id": "a", "trait": "T1", "messages": [{"role": "user", "content": "hi"}], "rubric": ["r"]}', "duplicated item id"),
+        (
+            '{"id": "x", "trait": "T1", "messages": [{"role": "assistant", "content": "hi"}], "rubric": ["r"]}',
+            ":2: field 'messages' must end",
+        ),
+        (
+            '{"id": "x", "trait": "T1", "messages": [{"role": "user", "content": "hi"}], "rubric": []}',
+            ":2: field 'rubric'",
+        ),
+        (
+            '{"id": "x", "trait": "T1", "messages": [{"role": "user", "content": "hi"}], "rubric": ["r"], "gold": 1}',
+            ":2: unknown field 'gold'",
+        ),
+        (
+            '{"id": "a", "trait": "T1", "messages": [{"role": "user", "content": "hi"}], "rubric": ["r"]}',
+            "duplicated item id",
+        ),
     ],
 )
 def test_malformed_scenarios_name_line_and_field(tmp_path, line, message):
