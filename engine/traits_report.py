@@ -168,7 +168,7 @@ def format_report(report: TraitsReport) -> str:
     with_base = report.overall.base_rate is not None
     head = f"{'trait':<6} {'name':<20} {'n':>3} "
     head += f"{'base':>5} {'cand':>5} {'Δ pts':>6} {'p(holm)':>8} " if with_base else f"{'rate':>5} "
-    head += f"{'gate':>5}  gate"
+    head += f"{'gate':>5}  verdict"
     lines = [f"{report.bench}: judged by {report.judge} (judge prompt v{report.prompt_version})", head]
     for row in [*report.rows, report.overall]:
         line = f"{row.trait:<6} {row.name[:20]:<20} {row.scenarios:>3} "
