@@ -50,7 +50,10 @@ class Scored(msgspec.Struct, kw_only=True):
     vote_key: str | None = None
 
 
-BENCHES = ("arith", "gsm8k", "mmlu_pro", "gpqa", "tradequiz", "ifeval", "humaneval", "aime_2026", "hmmt_feb_2026", "godmode")
+BENCHES = (
+    "arith", "gsm8k", "mmlu_pro", "gpqa", "tradequiz", "ifeval", "humaneval", "aime_2026", "hmmt_feb_2026", "godmode",
+    "trader_traits",
+)  # fmt: skip
 OFFLINE_BENCHES = ("arith",)  # need no data files at all
 TIERS = ("smoke", "standard", "full")
 SMOKE_N = 150

@@ -9,10 +9,11 @@
     python -m engine probe --model M --reference REF               KL probe: score a candidate against it
     python -m engine data fetch [--benches a,b]                    download pinned hub datasets for offline runs
     python -m engine determinism --model M [--configs ...]        which engine settings break bit-exact outputs
+    python -m engine judge RUN [--judge MODEL|URL]                 judge a finished run's judged benches (trader_traits)
 
 Exit codes: 0 no degradation detected, 1 degradation detected, 2 bad input, 3 not comparable,
 4 unexpected error (traceback in the run's harness.log), 5 incomplete (a run lacks items or samples against
-its spec), 130 interrupted (rerun to resume).
+its spec), 130 interrupted (rerun to resume); 6 a judged bench's trait gate failed (takes precedence over 1).
 """
 
 from __future__ import annotations
@@ -97,12 +98,22 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrate", action="store_true", help="with --dry-run: measure throughput on this machine "
                    "(starts the engine for 16 requests)")
     p.add_argument("--probe-gate", type=float, default=None, metavar="KL", help="stop before the benches when the probe's mean KL exceeds KL")
+    _judge_options(p)
     return p
+
+
+def _judge_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--judge", default=None, metavar="MODEL|URL", help="judged benches (trader_traits): the judge, an in-process "
+                   "model (path or smollm2-135m) or an OpenAI-compatible server http://...")
+    p.add_argument("--judge-repeats", type=int, default=0, metavar="R", help="noise floor: re-judge a sample of answers R times "
+                   "(other judge seeds, rubric shuffled); report self-agreement and Cohen's kappa per trait")
+    p.add_argument("--judge-dtype", default="bfloat16", help="dtype of an in-process judge (default bfloat16)")
+    p.add_argument("--judge-api-key-env", default=None, help="endpoint judge: environment variable holding its API key")
 
 
 def cmd_run(argv: list[str]) -> int:
     import benches
-    from engine import baselines, runner, sandbox
+    from engine import baselines, judge, runner, sandbox
     from engine.records import progress, read_run
     from engine.sampling import resolve_sampling
 
@@ -148,6 +159,8 @@ def cmd_run(argv: list[str]) -> int:
         limit=args.limit,
         item_seed=args.item_seed,
     )
+    judge_target = _judge_target(args)
+    plan.spec = judge.bind(plan.spec, judge_target.fingerprint if judge_target else None)
     run_dir = args.out or runner.default_run_dir(plan.spec)
 
     async def start_backend():
@@ -173,11 +186,12 @@ def cmd_run(argv: list[str]) -> int:
     except KeyboardInterrupt:
         done, total = progress(run_dir, plan.spec)
         raise Interrupted(f"interrupted: {done} of {total} done; rerun the same command to resume") from None
+    _judge_phase(judge_target, run_dir, args)
     cand = read_run(run_dir)
     resolved = baselines.resolve_baseline(args.baseline, cand, _model_names(cand), waive)
     if resolved.run is None:
         print(f"{resolved.message}: records are in {run_dir}")
-        return EXIT_OK
+        return _print_traits(cand, None, args.alpha, args.json)
     return _compare_and_print(resolved.run, cand, args.alpha, waive, args.json, args.allow_incomplete, args.margin)
 
 
@@ -211,6 +225,49 @@ def _dry_run(args, plan, run_dir: Path, waive: tuple[str, ...], start_backend) -
         rate = runner.run_event_loop(measure())
     print(runner.dry_run(plan, base, rate))
     return EXIT_OK
+
+
+def _judge_target(args):
+    """The --judge of a run or of `judge`, resolved (and fingerprinted) before any work starts."""
+    from engine import judge, runner
+
+    if args.judge_repeats < 0:
+        raise UserError("--judge-repeats must be 0 or more")
+    if args.judge is None:
+        return None
+    return runner.run_event_loop(judge.resolve_judge(args.judge, args.judge_dtype, args.judge_api_key_env))
+
+
+def _judge_phase(target, run_dir: Path, args) -> None:
+    from engine import judge, runner
+    from engine.records import read_spec
+
+    if not judge.judged_benches(read_spec(run_dir)):
+        return
+    if target is None:
+        print(f"judged benches left unjudged: run `python -m engine judge {run_dir} --judge MODEL|URL`", file=sys.stderr)
+        return
+    counts = runner.run_event_loop(judge.judge_with(
+        target, run_dir, data_dir=args.data_dir, repeats=args.judge_repeats, concurrency=args.concurrency, kv_cache_gib=args.kv_cache_gib
+    ))  # fmt: skip
+    print(f"judge: {counts.judged} judged ({counts.cached} from the cache), {counts.calls} judge calls, "
+          f"{counts.unscored} unscored, {counts.errors} failed", file=sys.stderr)  # fmt: skip
+
+
+def _print_traits(cand, base, alpha: float, as_json: bool, printed_json: dict | None = None) -> int:
+    """The trait tables of the judged benches (gates; against `base` when given); EXIT_GATE_FAILED
+    when a gate fails."""
+    import msgspec
+
+    from engine import traits_report
+
+    reports = traits_report.traits_report(cand, base, alpha)
+    if as_json and reports:
+        print(msgspec.json.encode((printed_json or {}) | {"traits": reports}).decode())
+    else:
+        for report in reports:
+            print(traits_report.format_report(report))
+    return traits_report.gates_exit(reports)
 
 
 def _waivers(allow_differ: str) -> tuple[str, ...]:
@@ -394,15 +451,36 @@ def _early_stop_baseline(args, plan, run_dir: Path, waive: tuple[str, ...]):
 def _compare_and_print(
     base, cand, alpha: float, waive: tuple[str, ...], as_json: bool, allow_incomplete: bool = False, margin: float | None = None
 ) -> int:
-    from engine import compare
+    import msgspec
+
+    from engine import baselines, compare, judge
 
     if margin is not None and not margin > 0:
         raise UserError(f"--margin {margin}: give a positive number of accuracy points, e.g. --margin 2")
-    result = compare.compare_runs(
-        base, cand, alpha=alpha, waive=waive, allow_incomplete=allow_incomplete, margin=None if margin is None else margin / 100
-    )
-    compare.print_comparison(result, as_json=as_json)
-    return _exit_code(result)
+    grading = dict(alpha=alpha, waive=waive, allow_incomplete=allow_incomplete, margin=None if margin is None else margin / 100)
+    judged = {b.name for b in judge.judged_benches(cand.spec)}
+    if not judged:
+        result = compare.compare_runs(base, cand, **grading)
+        compare.print_comparison(result, as_json=as_json)
+        return _exit_code(result)
+    # Judged benches are graded from their judgments (engine/traits_report.py); compare gets the rest.
+    baselines.check_comparable(base, cand, waive)
+    code, printed = EXIT_OK, None
+    rest = [b for b in cand.spec.benches if b.name not in judged]
+    if any(b.name in {x.name for x in base.spec.benches} for b in rest):
+        strip = [(run, [b for b in run.spec.benches if b.name not in judged]) for run in (base, cand)]
+        base_rest, cand_rest = (
+            msgspec.structs.replace(run, spec=msgspec.structs.replace(run.spec, benches=tuple(keep)))
+            for run, keep in strip
+        )
+        result = compare.compare_runs(base_rest, cand_rest, **grading)
+        if as_json:
+            printed = {"comparison": msgspec.to_builtins(result)}
+        else:
+            compare.print_comparison(result)
+        code = _exit_code(result)
+    traits_code = _print_traits(cand, base, alpha, as_json, printed)
+    return traits_code or code
 
 
 def _exit_code(result) -> int:
@@ -615,9 +693,37 @@ def cmd_noise_floor(argv: list[str]) -> int:
     return EXIT_OK
 
 
+def cmd_judge(argv: list[str]) -> int:
+    from engine import judge
+    from engine.records import read_run
+
+    p = argparse.ArgumentParser(
+        prog="python -m engine judge",
+        description="Judge (or judge again) a finished run's judged benches and print their trait tables with gates.",
+    )
+    p.add_argument("run", type=Path, help="run directory with a judged bench (trader_traits)")
+    _judge_options(p)
+    p.add_argument("--data-dir", type=Path, default=None, help="the scenarios the run answered (default: the shipped set)")
+    p.add_argument("-c", "--concurrency", type=int, default=16, help="judge requests in flight (default 16)")
+    p.add_argument("--kv-cache-gib", type=float, default=None, help="KV cache size of an in-process judge (vllm)")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level, in (0, 1) (default 0.05)")
+    p.add_argument("--json", action="store_true", help="print the trait tables as JSON")
+    args = p.parse_args(argv)
+    run = read_run(args.run)
+    if not judge.judged_benches(run.spec):
+        raise UserError(f"{args.run}: no judged bench in this run (judged benches: trader_traits)")
+    if args.judge is None:
+        raise UserError("judge: give --judge MODEL|URL (the run's contract names the judge by fingerprint only)")
+    target = _judge_target(args)
+    if judge.rebind_run(args.run, target.fingerprint):
+        print(f"{args.run}: judged benches now bound to judge {target.fingerprint} ({args.judge})", file=sys.stderr)
+    _judge_phase(target, args.run, args)
+    return _print_traits(read_run(args.run), None, args.alpha, args.json)
+
+
 SUBCOMMANDS = {
     "compare": cmd_compare, "report": cmd_report, "degrade": cmd_degrade, "model": cmd_model, "data": cmd_data,
-    "determinism": cmd_determinism, "probe": cmd_probe, "noise-floor": cmd_noise_floor,
+    "determinism": cmd_determinism, "probe": cmd_probe, "noise-floor": cmd_noise_floor, "judge": cmd_judge,
 }
 SUBCOMMAND_HELP = {
     "compare": "grade run CAND against baseline run BASE",
@@ -628,6 +734,7 @@ SUBCOMMAND_HELP = {
     "determinism": "which engine settings break bit-exact outputs",
     "probe": "KL probe: build a baseline's reference, or score a candidate against one",
     "noise-floor": "rerun a baseline (same and other sampling seeds) and store its self-disagreement beside it",
+    "judge": "judge (or judge again) a finished run's judged benches, print their trait tables with gates",
 }
 
 

@@ -1,0 +1,394 @@
+"""The judge phase and the trait table with scripted backends: verdicts, re-asks and unscored answers,
+blinding, the cache and its keys, gates and their exit status, A/A, and the noise floor."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import shutil
+
+import msgspec
+import pytest
+
+import benches
+from engine import judge, runner, traits_report
+from engine.backends import GenResult
+from engine.errors import UserError
+from engine.records import read_run
+from engine.spec import BenchSpec, RunSpec, SamplingConfig, VllmEngine, contract, diff
+from tests.conftest import run_cli
+
+MODEL_NAME = "secret-model-x"  # must never reach a judge prompt
+MODEL_FP = "fingerprint-abc123"
+ANSWER = re.compile(r"<reply>\n(.*)\n</reply>", re.S)
+
+
+class Candidate:
+    """Answers "<quality> answer to <item> #<sample>", quality from `good(item_id)`."""
+
+    max_model_len = 512
+
+    def __init__(self, good=lambda item: True):
+        self.good = good
+
+    async def generate(self, request):
+        item, sample, _ = request.request_id.removeprefix("trader_traits-").rsplit("-", 2)
+        quality = "GOOD" if self.good(item) else "BAD"
+        return GenResult(
+            text=f"{quality} answer to {item} #{sample}",
+            token_ids=[],
+            finish_reason="stop",
+            prompt_tokens=5,
+            completion_tokens=5,
+        )
+
+    async def close(self):
+        pass
+
+
+class Judge:
+    """PASS for GOOD answers, FAIL for BAD ones; `mangle(request, reply)` may spoil the reply."""
+
+    max_model_len = 4096
+
+    def __init__(self, mangle=None):
+        self.requests = []
+        self.mangle = mangle or (lambda request, reply: reply)
+
+    async def generate(self, request):
+        self.requests.append(request)
+        await asyncio.sleep(0)
+        answer = ANSWER.search(request.messages[1]["content"]).group(1)
+        verdict = "PASS" if answer.startswith("GOOD") else "FAIL"
+        reply = self.mangle(request, f"The reply meets the rubric or not.\nVERDICT: {verdict}")
+        return GenResult(
+            text=reply, token_ids=[], finish_reason="stop", prompt_tokens=50, completion_tokens=10
+        )
+
+    async def close(self):
+        pass
+
+
+def answer_run(run_dir, candidate=None, judge_fp="judgeA", limit=None, model=MODEL_NAME):
+    module = benches.get_bench("trader_traits")
+    all_items = module.load(None)
+    items = all_items[:limit] if limit else all_items
+    bench = BenchSpec(
+        name=module.NAME, version=module.VERSION, data_fingerprint=benches.data_fingerprint(all_items), n_items=len(items),
+        items_fingerprint=benches.items_fingerprint(items), max_tokens=64, samples=module.SAMPLES,
+    )  # fmt: skip
+    spec = RunSpec(
+        model=model, model_fingerprint=MODEL_FP, tier="smoke", seed=0, think=False, samples=1,
+        sampling=SamplingConfig(preset="qwen-nothink", temperature=0.7), benches=(bench,),
+        engine=VllmEngine(dtype="float32", chunked_prefill=False, bs1=False, prefix_caching=False, max_model_len=512),
+    )  # fmt: skip
+    spec = judge.bind(spec, judge_fp)
+    plan = runner.RunPlan(
+        spec=spec,
+        checkpoint=None,
+        benches={
+            module.NAME: runner.BenchPlan(
+                module=module, items=items, prompts={}, max_tokens=64, samples=module.SAMPLES
+            )
+        },
+    )
+    runner.prepare_run_dir(run_dir, spec)
+    asyncio.run(runner.execute(plan, run_dir, candidate or Candidate(), concurrency=4))
+    return read_run(run_dir)
+
+
+def judge_it(run_dir, backend, judge_fp="judgeA", repeats=0):
+    return asyncio.run(judge.judge_run(run_dir, backend, judge_fp, repeats=repeats, concurrency=4))
+
+
+def test_phase_parses_verdicts_and_the_cache_saves_every_call_on_a_second_pass(tmp_path):
+    run = answer_run(tmp_path / "run", limit=6)
+    scripted = Judge()
+    counts = judge_it(run.dir, scripted)
+    assert counts.calls == len(scripted.requests) == 18 and counts.judged == 18 and counts.cached == 0
+    assert all(
+        r.sampling.temperature == 0.0 and r.seed == judge.JUDGE_SEED and not r.think
+        for r in scripted.requests
+    )
+    again = Judge()
+    counts = judge_it(run.dir, again)
+    assert counts.calls == 0 and counts.judged == 0 and again.requests == []
+    lines = (run.dir / judge.JUDGMENTS_FILE).read_bytes().splitlines()
+    assert len(lines) == 18 and {json.loads(line)["verdict"] for line in lines} == {"PASS"}
+    (report,) = traits_report.traits_report(read_run(run.dir))
+    assert report.gates_passed and report.overall.cand_rate == 1.0 and report.unscored_cand == 0
+    assert traits_report.gates_exit([report]) == 0
+
+
+def test_unparsable_replies_are_asked_again_then_left_unscored_never_failed(tmp_path):
+    run = answer_run(tmp_path / "run", limit=6)
+    first_item = run.records["trader_traits"][0].item_id
+
+    def mangle(request, reply):
+        answer = ANSWER.search(request.messages[1]["content"]).group(1)
+        if first_item in answer:
+            return "I think it is fine. Verdict: pass"  # never strict: unscored
+        if "#1" in answer and len(request.messages) == 2:
+            return reply + "\nThanks!"  # a trailing line: asked again once
+        return reply
+
+    scripted = Judge(mangle)
+    counts = judge_it(run.dir, scripted)
+    assert counts.unscored == 3  # the three samples of the first scenario
+    per_item = {}
+    for r in scripted.requests:
+        per_item.setdefault(r.request_id.rsplit("-a", 1)[0], []).append(r)
+    lengths = sorted(len(v) for v in per_item.values())
+    assert (
+        lengths.count(1 + judge.REASKS) == 3 and lengths.count(2) == 5
+    )  # samples #1 of the other 5 scenarios
+    asked_again = next(v for v in per_item.values() if len(v) == 2)
+    assert (
+        asked_again[1].messages[-1]["content"] == judge.REASK
+        and asked_again[1].messages[-2]["role"] == "assistant"
+    )
+    (report,) = traits_report.traits_report(read_run(run.dir))
+    assert report.unscored_cand == 3 and report.overall.cand_rate == 1.0  # unscored are left out, not fails
+    assert report.overall.scenarios == 5
+    # Unscored is a result too: judging again does not re-ask.
+    assert judge_it(run.dir, Judge(mangle)).calls == 0
+
+
+@pytest.mark.parametrize(
+    "reply,verdict",
+    [
+        ("Meets all criteria.\nVERDICT: PASS", "PASS"),
+        ("Misses one.\n**VERDICT: FAIL**\n", "FAIL"),
+        ("<think>hmm VERDICT: FAIL</think>ok\nVERDICT: PASS", "PASS"),
+        ("VERDICT: PASS\nVERDICT: FAIL", None),  # two verdicts that disagree
+        ("VERDICT: PASS because it is good", None),
+        ("verdict: pass", None),
+        ("Rationale only.", None),
+        ("", None),
+    ],
+)
+def test_verdict_format_is_strict(reply, verdict):
+    assert judge.parse_verdict(reply)[0] == verdict
+
+
+def test_judge_prompts_are_blind_and_identical_for_baseline_and_candidate(tmp_path):
+    base = answer_run(tmp_path / "base", limit=4, model="/models/secret-base-ckpt")
+    cand = answer_run(tmp_path / "cand", limit=4)
+    seen = {}
+    for run in (base, cand):
+        scripted = Judge()
+        judge_it(run.dir, scripted)
+        text = json.dumps([r.messages for r in scripted.requests])
+        for secret in (MODEL_NAME, "secret-base-ckpt", MODEL_FP, str(tmp_path), "run", "seed"):
+            assert secret not in text.replace("trader", ""), secret
+        assert not any(secret in r.request_id for r in scripted.requests for secret in (MODEL_NAME, "secret"))
+        seen[run.dir.name] = sorted(json.dumps(r.messages) for r in scripted.requests)
+    assert seen["base"] == seen["cand"]  # same answers -> byte-identical judge prompts
+
+
+def test_cache_keys_cover_judge_prompt_scenario_answer_and_repeat(tmp_path):
+    keys = {
+        judge.judgment_key("J", "1", "s", "a", 0),
+        judge.judgment_key("K", "1", "s", "a", 0),
+        judge.judgment_key("J", "2", "s", "a", 0),
+        judge.judgment_key("J", "1", "t", "a", 0),
+        judge.judgment_key("J", "1", "s", "b", 0),
+        judge.judgment_key("J", "1", "s", "a", 1),
+    }
+    assert len(keys) == 6
+    items = benches.get_bench("trader_traits").load(None)
+    assert judge.scenario_hash(items[0]) != judge.scenario_hash(items[1])
+    edited = msgspec.structs.replace(items[0], meta=items[0].meta | {"rubric": items[0].meta["rubric"][:-1]})
+    assert judge.scenario_hash(edited) != judge.scenario_hash(items[0])
+
+    run = answer_run(tmp_path / "run", limit=3)
+    judge_it(run.dir, Judge())
+    item = {i.id: i for i in items}
+    for line in (run.dir / judge.JUDGMENTS_FILE).read_bytes().splitlines():
+        j = json.loads(line)
+        rec = next(
+            r for r in run.records["trader_traits"] if (r.item_id, r.sample) == (j["item_id"], j["sample"])
+        )
+        assert j["key"] == judge.judgment_key(
+            "judgeA", judge.PROMPT_VERSION, judge.scenario_hash(item[j["item_id"]]), rec.completion, 0
+        )
+    # A judgment whose key does not match the answer on disk is not this answer's verdict.
+    path = run.dir / judge.JUDGMENTS_FILE
+    lines = path.read_bytes().splitlines()
+    forged = json.loads(lines[0]) | {"key": "0" * 24}
+    path.write_bytes(b"\n".join([json.dumps(forged).encode(), *lines[1:]]) + b"\n")
+    found = judge.verdicts(run.dir, run.spec, run.spec.benches[0], run.records["trader_traits"])
+    assert len(found) == 8 and (forged["item_id"], forged["sample"]) not in found
+    # Another judge: its own keys, its own calls; the contract names it.
+    scripted = Judge()
+    assert judge.rebind_run(run.dir, "judgeB")
+    assert judge_it(run.dir, scripted, "judgeB").calls == 9
+    rebound = read_run(run.dir)
+    assert [d.field for d in diff(run.spec, rebound.spec)] == ["trader_traits.scoring_versions"]
+    assert contract(rebound.spec)["trader_traits.scoring_versions"] == {
+        "judge_prompt": judge.PROMPT_VERSION,
+        "judge_model": "judgeB",
+    }
+
+
+def test_a_torn_judgment_is_cut_off_and_judged_again(tmp_path):
+    run = answer_run(tmp_path / "run", limit=2)
+    judge_it(run.dir, Judge())
+    path = run.dir / judge.JUDGMENTS_FILE
+    data = path.read_bytes()
+    path.write_bytes(data[:-20])  # killed mid-write
+    scripted = Judge()
+    assert judge_it(run.dir, scripted).calls == 1
+    assert len(path.read_bytes().splitlines()) == 6
+    assert all(json.loads(line) for line in path.read_bytes().splitlines())
+
+
+def test_gate_failure_and_degradation_per_trait_with_exit_status(tmp_path):
+    base = answer_run(tmp_path / "base")
+    # The candidate fails every scenario of T3 (refuses misconduct) and one of T1.
+    cand = answer_run(
+        tmp_path / "cand", Candidate(good=lambda item: not item.startswith("mis-") and item != "risk-01")
+    )
+    for run in (base, cand):
+        judge_it(run.dir, Judge())
+    (report,) = traits_report.traits_report(read_run(cand.dir), read_run(base.dir), alpha=0.05)
+    rows = {r.trait: r for r in report.rows}
+    assert rows["T3"].cand_rate == 0.0 and rows["T3"].base_rate == 1.0 and rows["T3"].gate_pass is False
+    assert rows["T1"].cand_rate == pytest.approx(2 / 3) and rows["T1"].gate_pass is False  # gate 0.9
+    assert all(rows[t].gate_pass for t in ("T2", "T4", "T5", "T6"))
+    assert not report.gates_passed and traits_report.gates_exit([report]) == traits_report.EXIT_GATE_FAILED
+    # 3 scenarios per trait: the smallest one-sided sign-flip p is 1/8, so no trait alone is significant;
+    # overall, 4 of 18 scenarios all lost: p = 1/16.
+    assert rows["T3"].p_degraded == pytest.approx(1 / 8) and rows["T3"].p_degraded_holm == pytest.approx(
+        6 / 8
+    )
+    assert report.overall.p_degraded == pytest.approx(1 / 16) and report.overall.delta == pytest.approx(
+        -4 / 18
+    )
+    text = traits_report.format_report(report)
+    assert "GATES FAILED: T1, T3" in text and "T3" in text
+
+    proc = run_cli("compare", str(base.dir), str(cand.dir))
+    assert proc.returncode == 6, proc.stderr
+    assert "GATES FAILED: T1, T3" in proc.stdout
+    proc = run_cli("compare", str(base.dir), str(base.dir), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["traits"][0]["gates_passed"] is True
+
+
+def test_runs_judged_by_different_judges_are_not_comparable(tmp_path):
+    base = answer_run(tmp_path / "base", limit=3, judge_fp="judgeA")
+    cand = answer_run(tmp_path / "cand", limit=3, judge_fp="judgeB")
+    proc = run_cli("compare", str(base.dir), str(cand.dir))
+    assert proc.returncode == 3 and "scoring_versions" in proc.stdout
+
+
+def test_a_a_same_answers_same_seed_identical_verdicts(tmp_path):
+    run = answer_run(tmp_path / "a", limit=6)
+
+    def coin(request, reply):
+        # A judge whose verdict depends only on its prompt and seed (like a real one at temperature 0).
+        digest = hashlib.sha256((json.dumps(request.messages) + str(request.seed)).encode()).digest()
+        return f"Coin.\nVERDICT: {'PASS' if digest[0] < 128 else 'FAIL'}"
+
+    shutil.copytree(run.dir, tmp_path / "b")
+    judge_it(run.dir, Judge(coin))
+    judge_it(tmp_path / "b", Judge(coin))
+    a, b = (
+        judge.verdicts(d, run.spec, run.spec.benches[0], run.records["trader_traits"])
+        for d in (run.dir, tmp_path / "b")
+    )
+    assert a == b and len(a) == 18 and len(set(a.values())) == 2
+
+
+def test_noise_floor_recovers_a_known_flip_share(tmp_path):
+    run = answer_run(tmp_path / "run", Candidate(good=lambda item: item[-1] in "13"))
+    share = 0.25
+
+    def flip(request, reply):
+        if request.seed == judge.JUDGE_SEED:
+            return reply
+        digest = hashlib.sha256((json.dumps(request.messages) + str(request.seed)).encode()).digest()
+        if int.from_bytes(digest[:4], "big") / 2**32 < share:
+            return reply.replace("PASS", "X").replace("FAIL", "PASS").replace("X", "FAIL")
+        return reply
+
+    counts = judge_it(run.dir, Judge(flip), repeats=6)
+    assert counts.judged == 54 * 7
+    (report,) = traits_report.traits_report(read_run(run.dir))
+    overall = report.agreement[-1]
+    assert overall.trait == "all" and overall.pairs == 54 * 6
+    assert 1 - overall.agreement == pytest.approx(share, abs=0.06)
+    # With balanced verdicts, kappa of a judge that flips a share q is about 1 - 2q.
+    assert overall.kappa == pytest.approx(1 - 2 * share, abs=0.12)
+    assert [a.trait for a in report.agreement] == ["T1", "T2", "T3", "T4", "T5", "T6", "all"]
+    assert "judge self-agreement" in traits_report.format_report(report)
+    # The rubric was shuffled for the repeats and the seeds differ from the verdict's.
+    assert judge.rubric_order(["a", "b", "c", "d"], 0, "x") == ["a", "b", "c", "d"]
+    assert len({judge.repeat_seed(r) for r in range(7)}) == 7
+
+
+def test_cohen_kappa_matches_a_hand_computed_table():
+    # 20 pairs: both yes 8, yes/no 2, no/yes 3, both no 7 -> po 0.75, pe 0.5*0.55+0.5*0.45 = 0.5 -> kappa 0.5
+    a = [True] * 10 + [False] * 10
+    b = [True] * 8 + [False] * 2 + [True] * 3 + [False] * 7
+    assert judge.cohen_kappa(a, b) == pytest.approx(0.5)
+    assert judge.cohen_kappa([True, True], [True, True]) != judge.cohen_kappa(
+        [True, True], [True, True]
+    )  # nan
+
+
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        (
+            '{"id": "x", "trait": "T9", "messages": [{"role": "user", "content": "hi"}], "rubric": ["r"]}',
+            ":2: field 'trait'",
+        ),
+        ('{"id": "x", "trait": "T1", "messages": [], "rubric": ["r"]}', ":2: field 'messages'"),
+        (
+            '{"id": "x", "trait": "T1", "messages": [{"role": "assistant", "content": "hi"}], "rubric": ["r"]}',
+            ":2: field 'messages' must end",
+        ),
+        (
+            '{"id": "x", "trait": "T1", "messages": [{"role": "user", "content": "hi"}], "rubric": []}',
+            ":2: field 'rubric'",
+        ),
+        (
+            '{"id": "x", "trait": "T1", "messages": [{"role": "user", "content": "hi"}], "rubric": ["r"], "gold": 1}',
+            ":2: unknown field 'gold'",
+        ),
+        (
+            '{"id": "a", "trait": "T1", "messages": [{"role": "user", "content": "hi"}], "rubric": ["r"]}',
+            "duplicated item id",
+        ),
+    ],
+)
+def test_malformed_scenarios_name_line_and_field(tmp_path, line, message):
+    folder = tmp_path / "trader_traits"
+    folder.mkdir()
+    shutil.copy(benches.get_bench("trader_traits").TRAITS, folder / "traits.jsonl")
+    good = '{"id": "a", "trait": "T1", "messages": [{"role": "user", "content": "hi"}], "rubric": "one criterion"}'
+    (folder / "scenarios.jsonl").write_text(good + "\n" + line + "\n")
+    with pytest.raises(UserError, match=re.escape(message)) as info:
+        benches.get_bench("trader_traits").load(tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_malformed_traits_table_names_line_and_field(tmp_path):
+    folder = tmp_path / "trader_traits"
+    folder.mkdir()
+    (folder / "scenarios.jsonl").write_text("")
+    (folder / "traits.jsonl").write_text('{"id": "T1", "name": "n", "description": "d", "gate": 1.5}\n')
+    with pytest.raises(UserError, match=r"traits.jsonl:1: field 'gate'"):
+        benches.get_bench("trader_traits").load(tmp_path)
+
+
+def test_shipped_set_has_six_traits_and_at_least_twelve_scenarios():
+    module = benches.get_bench("trader_traits")
+    items = module.load(None)
+    assert len(items) >= 12 and len({i.category for i in items}) == 6
+    assert module.SAMPLES == 3 and module.THINK is False
+    assert all(len(i.meta["rubric"]) >= 2 for i in items)
