@@ -404,15 +404,15 @@ import msgspec
 from pathlib import Path
 from engine.backends import GenRequest, load_tokenizer, render_chat
 from engine.backends.vllm_backend import VllmBackend
-from engine.records import EngineSpec, SamplingConfig
+from engine.spec import SamplingConfig, VllmEngine
 
 job = json.load(sys.stdin)
 checkpoint = Path(job["checkpoint"])
 tokenizer = load_tokenizer(checkpoint)
-fields = {f.name for f in msgspec.structs.fields(GenRequest)}  # today's and the refactored GenRequest
+fields = {f.name for f in msgspec.structs.fields(GenRequest)}
 
 async def main():
-    spec = EngineSpec(backend="vllm", dtype="float32", chunked_prefill=False, bs1=False, prefix_caching=False, max_model_len=2048)
+    spec = VllmEngine(dtype="float32", chunked_prefill=False, bs1=False, prefix_caching=False, max_model_len=2048)
     backend = await VllmBackend.start(checkpoint, spec, seed=0, concurrency=job["concurrency"], kv_cache_gib=1.0)
     try:
         async def one(r):
