@@ -173,3 +173,15 @@ def test_dry_run_estimates_from_the_baselines_own_records_and_timing(tmp_path):
     rate = asyncio.run(runner.calibrate(plan, ScriptedBackend(), concurrency=2))
     assert rate > 0
     assert "calibration on this machine" in runner.dry_run(plan, None, rate)
+
+
+def test_benches_with_different_caps_share_the_queue_with_their_own_caps(tmp_path):
+    plan = _plan({"a": _module("a"), "b": _module("b")})
+    plan.benches["b"].max_tokens = 48
+    backend = ScriptedBackend()
+    run = _run(plan, tmp_path / "run", backend)
+    caps = {r.request_id.split("-")[0]: r.max_tokens for r in backend.requests}
+    assert caps == {"a": 16, "b": 48}
+    assert {b: sorted(r.item_id for r in recs) for b, recs in run.records.items()} == {
+        "a": ["a0", "a1", "a2", "a3"], "b": ["b0", "b1", "b2", "b3"],
+    }
