@@ -78,6 +78,7 @@ CONTRACT_CHANGES = {
     "source": {"source": "lm-eval"},
     "tier": {"tier": "standard"},
     "seed": {"seed": 1},
+    "item_seed": {"item_seed": 5},
     "think": {"think": True},
     "samples": {"samples": 4},
     "scoring_version": {"scoring_version": "0"},

@@ -144,7 +144,11 @@ def test_reweighted_standard_estimate_is_unbiased_with_honest_se():
     mean, sd = mean_sd(estimates)
     assert abs(mean - truth) < 4 * sd / math.sqrt(len(estimates))
     reported_se = sum(d[1] for d in draws) / len(draws)
-    assert 0.85 < reported_se / sd < 1.15  # the SE (with finite-population correction) matches the spread
+    # No finite-population correction (by design: the split is a sample of questions and each item's
+    # value carries generation noise), so against this fixed-outcome population the SE is larger than
+    # the spread by 1/sqrt(1 - n/N): conservative, never too small.
+    fpc = math.sqrt(1 - 3600 / sum(MMLU_PRO_SIZES.values()))
+    assert 0.85 < reported_se * fpc / sd < 1.15
     covered = sum(abs(est - truth) <= 1.96 * se for est, se, _ in draws) / len(draws)
     assert 0.89 <= covered <= 0.995
 
