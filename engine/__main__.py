@@ -444,7 +444,7 @@ def _early_stop_baseline(args, plan, run_dir: Path, waive: tuple[str, ...]):
     resolved = baselines.resolve_baseline(args.baseline, planned, _model_names(planned), waive)
     if resolved.run is None:
         raise UserError(f"--early-stop needs a baseline: pass --baseline RUN_DIR ({resolved.message})")
-    baselines.check_comparable(resolved.run, planned, waive)
+    baselines.check_comparable(resolved.run, planned, waive, planned=True)
     return resolved.run
 
 

@@ -12,7 +12,7 @@ import msgspec
 
 from engine import spec as specs
 from engine.errors import NotComparable, UserError
-from engine.records import SPEC_FILE, Run, read_run
+from engine.records import SPEC_FILE, Run, answered, being_written, read_run
 
 
 def baselines_root() -> Path:
@@ -38,10 +38,25 @@ def _not_comparable(base: Run, cand: Run, diffs: list[specs.Difference], head: s
     return NotComparable("\n".join(lines))
 
 
-def check_comparable(base: Run, cand: Run, waive: tuple[str, ...] = ()) -> list[specs.Difference]:
+def check_gradable(run: Run, side: str) -> None:
+    """A run still being written, or one without a single record (a failed start), is no verdict."""
+    if being_written(run.dir):
+        raise UserError(f"{run.dir}: the {side} is being written by a running process right now; compare it once it has finished")
+    if not any(answered(records) for records in run.records.values()):
+        raise UserError(
+            f"{run.dir}: the {side} has no records (the run failed before its first item, or never started): "
+            f"nothing to grade; rerun its command"
+        )
+
+
+def check_comparable(base: Run, cand: Run, waive: tuple[str, ...] = (), *, planned: bool = False) -> list[specs.Difference]:
     """Raise NotComparable listing every differing contract field of the shared benches; return the
-    waived differences. Benches only the candidate ran are left ungraded, not blocking."""
+    waived differences. Benches only the candidate ran are left ungraded, not blocking. A run in
+    progress or without records is refused first (UserError), except a `planned` candidate."""
     specs.expand_waivers(list(waive))  # an unknown name is bad input, not a difference
+    check_gradable(base, "baseline")
+    if not planned:  # a run about to start (early stop's check) has no records yet
+        check_gradable(cand, "candidate")
     shared = set(shared_benches(base, cand))
     if not shared:
         raise NotComparable(

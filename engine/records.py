@@ -405,6 +405,21 @@ class RunLock:
         os.close(self._fd)
 
 
+def being_written(run_dir: Path) -> bool:
+    """True while a runner holds the run's lock (a run in progress, not one to grade yet)."""
+    path = Path(run_dir) / ".lock"
+    if not path.is_file() or path.is_symlink():
+        return False
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock we took
+    return False
+
+
 def progress(run_dir: Path, spec: RunSpec) -> tuple[int, int]:
     """(item samples on disk, item samples the run will have): what 'interrupted: N of M done' says."""
     done = total = 0

@@ -209,3 +209,22 @@ def test_resolve_baseline_by_name(tmp_path, monkeypatch):
         resolve_baseline("nosuch", other, [])
     assert resolve_baseline("none", other, ["m"]).run is None
     check_comparable(found.run, cand)
+
+
+def test_a_candidate_without_records_or_still_being_written_is_refused(tmp_path):
+    import fcntl
+    import os
+
+    base = write_run(tmp_path / "base", make_spec(), {"a": 1})
+    empty = write_run(tmp_path / "empty", make_spec(model="c"), {})
+    with pytest.raises(UserError, match="has no records"):
+        compare_runs(base, empty)
+    busy = write_run(tmp_path / "busy", make_spec(model="c"), {"a": 0})
+    fd = os.open(tmp_path / "busy" / ".lock", os.O_WRONLY | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a runner holds it
+    try:
+        with pytest.raises(UserError, match="being written by a running process"):
+            compare_runs(base, busy)
+    finally:
+        os.close(fd)
+    assert compare_runs(base, busy).benches[0].n == 1  # once it has finished
