@@ -112,6 +112,8 @@ def resolve_baseline(arg: str | None, cand: Run, model_names: list[str], waive: 
                 closest = (len(blocking) or 99, base, blocking)
     if best is not None:
         return Resolved(run=best[1])
+    if Path(cand.dir).resolve().is_relative_to(baselines_root().resolve()):
+        return Resolved(run=None, message=f"{cand.dir} is itself a baseline under {baselines_root()}")
     serve_hint = (
         f"no baseline for this spec under {baselines_root()}; this run can serve as one "
         f"(copy {cand.dir} to {baselines_root() / (names[-1] if names else 'MODEL')}/<name>/ and commit it)"
