@@ -21,7 +21,8 @@ from engine.records import SPEC_FILE, ItemRecord, Run, contract_diff, read_run
 
 # Contract fields a user may knowingly waive (noise-floor experiments: the same model at another seed
 # or in another engine configuration). Everything else keeps its items or prompts from lining up.
-WAIVABLE = ("seed", "engine.backend", "engine.dtype", "engine.chunked_prefill", "engine.bs1")
+WAIVABLE = ("seed", "engine.backend", "engine.dtype", "engine.chunked_prefill", "engine.bs1",
+            "lm_eval.prompts", "lm_eval.chat_template", "lm_eval.gen_kwargs", "lm_eval.model_type")  # fmt: skip
 
 POWER = 0.8  # power at which the minimum detectable effect is quoted
 
@@ -170,11 +171,16 @@ def _grouped(records: list[ItemRecord]) -> dict[str, list[ItemRecord]]:
     return grouped
 
 
-def item_value_fn(bench: str) -> Callable[[list[ItemRecord]], float]:
-    """Per-item value from an item's records: the bench's `aggregate` (maj@k), else the mean score."""
+def _aggregate_of(bench: str):
+    """The bench module's `aggregate`, if any; imported runs' benches (lm-eval tasks) have no module."""
     import benches
 
-    aggregate = getattr(benches.get_bench(bench), "aggregate", None)
+    return getattr(benches.get_bench(bench), "aggregate", None) if bench in benches.BENCHES else None
+
+
+def item_value_fn(bench: str) -> Callable[[list[ItemRecord]], float]:
+    """Per-item value from an item's records: the bench's `aggregate` (maj@k), else the mean score."""
+    aggregate = _aggregate_of(bench)
     return aggregate if aggregate else (lambda recs: stats.mean([r.score for r in recs]))
 
 
@@ -190,8 +196,6 @@ def _per_item(bench: str, records: list[ItemRecord]) -> tuple[dict[str, float], 
 
 
 def pair_items(base: Run, cand: Run, bench: str, stratum_of: StratumOf = category_of) -> PairedItems:
-    import benches
-
     base_groups = _grouped(base.records.get(bench, []))
     cand_groups = _grouped(cand.records.get(bench, []))
     value = item_value_fn(bench)
@@ -206,7 +210,7 @@ def pair_items(base: Run, cand: Run, bench: str, stratum_of: StratumOf = categor
     def column(groups: dict[str, list[ItemRecord]], fn) -> np.ndarray:
         return np.array([fn(groups[i]) for i in ids], dtype=float)
 
-    has_aggregate = getattr(benches.get_bench(bench), "aggregate", None) is not None
+    has_aggregate = _aggregate_of(bench) is not None
     if has_aggregate:
         per_item = f"aggregate() of {samples} samples"
     elif samples > 1:
@@ -243,6 +247,10 @@ def check_comparable(base: Run, cand: Run, waive: tuple[str, ...] = ()) -> list[
     if blocking:
         lines = [f"⚠ NOT COMPARABLE: {cand.dir} cannot be graded against {base.dir}"]
         lines += [f"  {field}: baseline {bval!r} vs candidate {cval!r}" for field, bval, cval in blocking]
+        if base.spec.source == cand.spec.source == "lm-eval":
+            from engine.importers.lm_eval import differing_documents
+
+            lines += differing_documents(base, cand)
         raise NotComparable("\n".join(lines))
     return [d for d in diffs if d[0] in waive]
 

@@ -70,6 +70,10 @@ class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
     engine: EngineSpec
     harness_version: str = ""
     versions: dict[str, str] = {}  # torch/vllm/transformers: informative, not part of the contract
+    # "native" | "lm-eval" (imported by engine.importers.lm_eval): an imported run never grades against
+    # a native one. source_contract: the source's own contract fields ("lm_eval.prompts", ...).
+    source: str = "native"
+    source_contract: dict[str, str] = {}
 
 
 class ItemRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -228,6 +232,8 @@ def iter_contract(spec: RunSpec) -> Iterator[tuple[str, object]]:
 
     The model and its fingerprint are deliberately absent: they are what differs.
     """
+    yield "source", spec.source
+    yield from sorted(spec.source_contract.items())
     yield "tier", spec.tier
     yield "seed", spec.seed
     yield "think", spec.think
