@@ -5,10 +5,11 @@ lm-eval 0.4.13 (`lm_eval[hf]` from PyPI, its `hf` model, float32 on CPU, --seed 
 on the tiny model (smollm2-135m, `python -m engine model`) -> base/, and on its rtn-int3 candidate
 (`python -m engine degrade --method rtn-int3`) -> rtn-int3/. Each run is two lm-eval invocations into
 one folder: `gsm8k_local` (lm-eval's gsm8k task read from ../shared/data, zero-shot, chat template,
-max_gen_toks 192, --limit 30, filters strict-match and flexible-extract) and the group
-`mmlu_pro_local` (multiple choice by log-likelihood over MMLU-Pro option texts, subtasks business and
-other, --limit 15 each). The task YAMLs are in tests/fixtures/lm_eval/tasks/. Only results_*.json and
-samples_*.jsonl were kept, unedited.
+max_gen_toks 96, --limit 10, filters strict-match and flexible-extract) and the group
+`mmlu_pro_local` (multiple choice by log-likelihood over MMLU-Pro option texts, no chat template,
+subtasks business and other, --limit 15 each). base-repeats/ holds `gsm8k_local_sampled` of the base
+model (repeats 3 at T=0.7, majority vote and first-repeat filters, max_gen_toks 64, --limit 3). The task YAMLs are in
+tests/fixtures/lm_eval/tasks/. Only results_*.json and samples_*.jsonl were kept, unedited.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def test_import_writes_an_ordinary_run(tmp_path):
     assert run.spec.model.endswith("smollm2-135m")
     assert {b.name for b in run.spec.benches} == {"gsm8k_local:strict-match", "gsm8k_local:flexible-extract", "mmlu_pro_local"}
     gsm = run.records["gsm8k_local:flexible-extract"]
-    assert [r.item_id for r in gsm] == [str(i) for i in range(30)]
+    assert [r.item_id for r in gsm] == [str(i) for i in range(10)]
     assert all(r.extra["no_token_counts"] and r.extra["no_finish_reason"] for r in gsm)
     mc = run.records["mmlu_pro_local"]
     assert len(mc) == 30
@@ -181,3 +182,18 @@ def test_int3_candidate_is_flagged(tmp_path, capsys):
     assert main(["compare", str(base_m), str(cand_m)]) == 1
     out = capsys.readouterr().out
     assert "sign-flip permutation" in out and "DEGRADED" in out
+
+
+def test_repeats_give_one_record_per_repeat(tmp_path):
+    run = read_run(_import(FIXTURES / "base-repeats", tmp_path / "rep"))
+    assert {b.name for b in run.spec.benches} == {"gsm8k_local_sampled:maj@3", "gsm8k_local_sampled:first"}
+    assert all(b.samples == 3 and b.n_items == 3 for b in run.spec.benches)
+    samples = [json.loads(line) for line in _samples_file(FIXTURES / "base-repeats", "gsm8k_local_sampled").read_text().splitlines()]
+    for flt in ("maj@3", "first"):
+        recs = run.records[f"gsm8k_local_sampled:{flt}"]
+        assert len(recs) == 9 and {r.sample for r in recs} == {0, 1, 2}
+        for s in (s for s in samples if s["filter"] == flt):
+            mine = sorted((r for r in recs if r.item_id == str(s["doc_id"])), key=lambda r: r.sample)
+            assert [r.completion for r in mine] == s["resps"][0]  # each repeat keeps its own text
+            # lm-eval scores the document once (majority vote / first repeat): every repeat carries it.
+            assert all(r.score == s["exact_match"] and r.extra["doc_level_score"] for r in mine)

@@ -103,6 +103,7 @@ def test_compare_counts_flips(tmp_path):
 
 
 CONTRACT_CHANGES = {
+    "source": {"source": "lm-eval"},
     "tier": {"tier": "standard"},
     "seed": {"seed": 1},
     "think": {"think": True},
