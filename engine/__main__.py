@@ -10,6 +10,7 @@
     python -m engine data fetch [--benches a,b]                    download pinned hub datasets for offline runs
     python -m engine determinism --model M [--configs ...]        which engine settings break bit-exact outputs
     python -m engine judge RUN [--judge MODEL|URL]                 judge a finished run's judged benches (trader_traits)
+    python -m engine import lm-eval PATH --out RUN_DIR             an lm-eval --log_samples output as a run dir
 
 Exit codes: 0 no degradation detected, 1 degradation detected, 2 bad input, 3 not comparable,
 4 unexpected error (traceback in the run's harness.log), 5 incomplete (a run lacks items or samples against
@@ -721,9 +722,24 @@ def cmd_judge(argv: list[str]) -> int:
     return _print_traits(read_run(args.run), None, args.alpha, args.json)
 
 
+def cmd_import(argv: list[str]) -> int:
+    from engine.importers import lm_eval
+
+    p = argparse.ArgumentParser(prog="python -m engine import", description="Turn another harness's output into a run directory.")
+    sources = p.add_subparsers(dest="source", required=True)
+    lm = sources.add_parser("lm-eval", help="lm-evaluation-harness output written with --log_samples")
+    lm.add_argument("path", type=Path, help="lm-eval --output_path folder, or one results_*.json with its samples_*.jsonl beside it")
+    lm.add_argument("--out", type=Path, required=True, help="run directory to write")
+    lm.add_argument("--metric", default=None, help=f"per-document score (default: each task's primary metric; e.g. acc_norm, {lm_eval.MARGIN})")
+    args = p.parse_args(argv)
+    lm_eval.print_summary(lm_eval.import_run(args.path, args.out, args.metric), args.out)
+    return EXIT_OK
+
+
 SUBCOMMANDS = {
     "compare": cmd_compare, "report": cmd_report, "degrade": cmd_degrade, "model": cmd_model, "data": cmd_data,
     "determinism": cmd_determinism, "probe": cmd_probe, "noise-floor": cmd_noise_floor, "judge": cmd_judge,
+    "import": cmd_import,
 }
 SUBCOMMAND_HELP = {
     "compare": "grade run CAND against baseline run BASE",
@@ -735,6 +751,7 @@ SUBCOMMAND_HELP = {
     "probe": "KL probe: build a baseline's reference, or score a candidate against one",
     "noise-floor": "rerun a baseline (same and other sampling seeds) and store its self-disagreement beside it",
     "judge": "judge (or judge again) a finished run's judged benches, print their trait tables with gates",
+    "import": "import lm-eval: an lm-evaluation-harness --log_samples output as a run directory",
 }
 
 

@@ -57,6 +57,8 @@ def check_comparable(base: Run, cand: Run, waive: tuple[str, ...] = (), *, plann
     check_gradable(base, "baseline")
     if not planned:  # a run about to start (early stop's check) has no records yet
         check_gradable(cand, "candidate")
+    if base.spec.source != cand.spec.source:  # said alone: every other field differs as a consequence
+        raise _not_comparable(base, cand, [specs.Difference("source", base.spec.source, cand.spec.source)])
     shared = set(shared_benches(base, cand))
     if not shared:
         raise NotComparable(
@@ -66,7 +68,12 @@ def check_comparable(base: Run, cand: Run, waive: tuple[str, ...] = (), *, plann
     diffs = specs.diff(base.spec, cand.spec, only_benches=shared)
     blocking = [d for d in diffs if d.field not in waive]
     if blocking:
-        raise _not_comparable(base, cand, blocking)
+        error = _not_comparable(base, cand, blocking)
+        if base.spec.source == cand.spec.source == "lm-eval":
+            from engine.importers.lm_eval import differing_documents
+
+            error = NotComparable("\n".join([str(error), *differing_documents(base, cand)]))
+        raise error
     return [d for d in diffs if d.field in waive]
 
 

@@ -129,6 +129,9 @@ class Planned(msgspec.Struct, kw_only=True):
 
 class BenchComparison(msgspec.Struct, kw_only=True):
     bench: str
+    # False where the records carry no finish reasons or token counts (an imported lm-eval run): the
+    # truncation and length canaries are n/a there, never 0.
+    canaries_measured: bool = True
     n: int  # aligned items
     n_baseline: int
     samples: int
@@ -645,6 +648,16 @@ def compare_runs(
         row.in_family = decision.in_family[i]
         row.p_holm = decision.p_holm[i]
         _decide(row, rejected=decision.rejected[i], level=1 - decision.level[i], alpha=alpha, margin=margin, family_k=decision.tarone_k)
+    for row in rows:
+        row.canaries_measured = not any(
+            r.extra.get("no_token_counts") or r.extra.get("no_finish_reason")
+            for run in (base, cand)
+            for r in run.records.get(row.bench, [])[:1]
+        )
+        if not row.canaries_measured:  # nothing measured: no flag can come of it
+            row.truncation.flagged = row.length.flagged = False
+            row.truncation.p_more = 1.0
+            row.length.shift = msgspec.structs.replace(row.length.shift, p_longer=1.0)
     _flag_canaries(rows, alpha)
     category_rows = [s for r in rows if r.strata is not None for s in r.strata.rows]
     for s, p in zip(category_rows, stats.holm([s.p_two_sided for s in category_rows]), strict=True):
@@ -694,6 +707,16 @@ def compare_runs(
         if canary is not None:
             notes += episodes.format_canaries(canary)
             flags += canary.flags
+    if base.spec.source == cand.spec.source == "lm-eval":
+        from engine.importers import lm_eval
+
+        # Beside the binary flips: the paired test on the correct choice's log-likelihood margin.
+        for test in lm_eval.margin_tests(base, cand, alpha):
+            notes += lm_eval.format_margin_tests([test])
+            if test.p_two_sided < alpha:
+                side = "lower" if test.delta < 0 else "higher"
+                flags.append(f"{test.bench}: log-likelihood margin of the correct choice {side} in the candidate "
+                             f"(Δ {test.delta:+.3f} nats, p two-sided {test.p_two_sided:.2g})")  # fmt: skip
     ungraded = ungraded_benches(base, cand)
     if ungraded:
         notes.append(f"ungraded (not in the baseline): {', '.join(ungraded)}")
@@ -768,7 +791,7 @@ def format_table(cmp: Comparison) -> str:
     lines += [header, "-" * len(header)]
     for r in cmp.benches:
         n = f"{r.n}" if r.n == r.n_baseline else f"{r.n}/{r.n_baseline}"
-        trunc = f"{_pct(r.base_trunc)}→{_pct(r.cand_trunc)}{'⚠' if r.truncation.flagged else ''}"
+        trunc = f"{_pct(r.base_trunc)}→{_pct(r.cand_trunc)}{'⚠' if r.truncation.flagged else ''}" if r.canaries_measured else "n/a"
         holm = _p(r.p_holm) if r.in_family else "out"
         lines.append(
             f"{r.bench:<10} {n:>9} {_pct(r.base_acc):>6} {_pct(r.cand_acc):>6} {delta_cell(r):>22} {_level(r.ci_level):>7} "
@@ -854,16 +877,22 @@ def _bench_details(r: BenchComparison) -> list[str]:
                 f"{f'{s.b}/{s.c}':>7} {_p(s.p_two_sided):>8} {_p(s.p_holm):>8}{mark}"
             )
     t, ln, un = r.truncation, r.length, r.unparsed
+    if not r.canaries_measured:
+        lines.append("  truncation, length: n/a (the records carry no finish reasons or token counts)")
     lines.append(
         f"  truncation: {_pct(t.base_rate)} → {_pct(t.cand_rate)} ({t.up} items up, {t.down} down, p {_p(t.p_more)}, Holm {_p(t.p_holm)})"
         + ("  ⚠ FLAG" if t.flagged else "")
     )
+    if not r.canaries_measured:
+        lines.pop(-1)  # the truncation line above: n/a, said once
     sh = ln.shift
     lines.append(
         f"  {ln.measure}: median {sh.base_median:.0f} → {sh.cand_median:.0f}, mean {sh.base_mean:.0f} → {sh.cand_mean:.0f}, "
         f"median per-item ratio ×{sh.median_ratio:.2f}, "
         f"Wilcoxon p longer {_p(sh.p_longer)}, Holm {_p(ln.p_holm)}" + ("  ⚠ FLAG" if ln.flagged else "")
     )
+    if not r.canaries_measured:
+        lines.pop(-1)
     lines.append(
         f"  no answer / scorer failure: {_pct(un.base_rate)} → {_pct(un.cand_rate)} of samples ({un.up} items up, {un.down} down, "
         f"p {_p(un.p_more)}, Holm {_p(un.p_holm)})" + ("  ⚠ FLAG" if un.flagged else "")

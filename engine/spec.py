@@ -102,7 +102,15 @@ class OpenAIEngine(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     max_retries: int = 5
 
 
-EngineSpec = VllmEngine | HfEngine | OpenAIEngine
+class ImportedEngine(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="lm-eval", tag_field="backend"):
+    """A run imported from lm-evaluation-harness: its engine is whatever lm-eval drove (its own
+    settings are in RunSpec.source_fields)."""
+
+    dtype: str = UNKNOWN  # as lm-eval's model_args name it, when they do
+    model_args: str = ""
+
+
+EngineSpec = VllmEngine | HfEngine | OpenAIEngine | ImportedEngine
 
 PerItemRule = Literal["mean", "majority"]
 
@@ -148,6 +156,8 @@ class RunSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     benches: tuple[BenchSpec, ...]
     engine: EngineSpec
     scoring_version: str = SCORING_VERSION
+    # Contract fields only an imported run has, named "<tool>.<field>" (e.g. lm_eval.gen_kwargs).
+    source_fields: dict[str, str] = {}
     harness_version: str = ""
     versions: dict[str, str] = {}  # torch/vllm/transformers
 
@@ -172,6 +182,7 @@ ROLES: dict[type, dict[str, str]] = {
         "benches": CONTRACT,
         "engine": CONTRACT,
         "scoring_version": CONTRACT,
+        "source_fields": CONTRACT,
         # Library versions change numerics only at the level of batch composition; recorded so a
         # reader can see them, blocking would make every upgrade re-run the baseline.
         "harness_version": INFORMATIVE,
@@ -225,6 +236,12 @@ ROLES: dict[type, dict[str, str]] = {
         "bs1": CONTRACT,
         "max_model_len": INFORMATIVE,
     },
+    ImportedEngine: {
+        "backend": CONTRACT,
+        # What lm-eval ran is in the source fields (lm_eval.model_type, gen_kwargs); these describe it.
+        "dtype": INFORMATIVE,
+        "model_args": INFORMATIVE,
+    },
     OpenAIEngine: {
         "backend": CONTRACT,
         # Where and under which name the model is served says nothing about how it computes.
@@ -254,7 +271,14 @@ ENGINE_CONTRACT_FIELDS = (
 
 # Contract fields a user may knowingly waive (noise-floor experiments: the same model at another seed
 # or in another engine configuration). Everything else keeps items or prompts from lining up.
-WAIVABLE = ("seed",) + tuple(f"engine.{name}" for name in ENGINE_CONTRACT_FIELDS)
+WAIVABLE = ("seed",) + tuple(f"engine.{name}" for name in ENGINE_CONTRACT_FIELDS) + (
+    # An imported lm-eval run's prompts, chat template, generation settings and model type: waivable
+    # like our engine fields (its `limit`, which decides the documents, is not).
+    "lm_eval.prompts",
+    "lm_eval.chat_template",
+    "lm_eval.gen_kwargs",
+    "lm_eval.model_type",
+)
 
 
 def backend_name(engine: EngineSpec) -> str:
@@ -277,7 +301,7 @@ def engine_contract(engine: EngineSpec) -> dict[str, object]:
             "max_num_batched_tokens": None,
         }
     else:
-        values = {name: UNKNOWN for name in ENGINE_CONTRACT_FIELDS} | {"backend": "openai"}
+        values = {name: UNKNOWN for name in ENGINE_CONTRACT_FIELDS} | {"backend": backend_name(engine)}
     return {f"engine.{k}": v for k, v in values.items()}
 
 
@@ -285,14 +309,13 @@ def contract(spec: RunSpec) -> dict[str, object]:
     """Every contract field of a run, flattened to `name -> value` (`<bench>.<field>` for benches)."""
     fields: dict[str, object] = {}
     for name, role in ROLES[RunSpec].items():
-        if role != CONTRACT or name in ("sampling", "benches", "engine"):
+        if role != CONTRACT or name in ("sampling", "benches", "engine", "source_fields"):
             continue
         fields[name] = getattr(spec, name)
+    fields |= dict(sorted(spec.source_fields.items()))
     for name, role in ROLES[SamplingConfig].items():
         if role == CONTRACT:
             fields[f"sampling.{name}"] = getattr(spec.sampling, name)
-    engine_roles = ROLES[type(spec.engine)]
-    assert all(engine_roles.get(k.removeprefix("engine."), CONTRACT) == CONTRACT for k in engine_contract(spec.engine))
     fields |= engine_contract(spec.engine)
     for bench in spec.benches:
         for name, role in ROLES[BenchSpec].items():
