@@ -10,7 +10,7 @@ DEMO_CANDIDATE := $(DH_CACHE)/candidates/smollm2-135m-rtn-int3
 comma := ,
 DEMO_BENCHES := arith$(if $(DATA_DIR),$(comma)gsm8k)
 
-.PHONY: install demo test lint baseline bench-overhead clean
+.PHONY: install demo test test-slow lint baseline bench-overhead clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# The real-engine runs of many minutes that do not fit CI's budget (tiny model as judge, agent
+# episodes, a server killed and restarted, the noise-floor reruns).
+test-slow: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slow
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

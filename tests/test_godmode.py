@@ -243,6 +243,7 @@ def test_episode_canaries_flag_more_turns_tool_errors_and_turn_limits():
 
 
 @pytest.mark.heavy
+@pytest.mark.slow  # minutes per episode for the tiny model on 2 cores: `make test-slow`
 def test_tiny_model_end_to_end_twice_gives_identical_trajectories(tiny_model, tmp_path):
     from conftest import run_cli
 

@@ -12,7 +12,7 @@ import pytest
 from engine import judge
 from tests.conftest import run_cli
 
-pytestmark = pytest.mark.heavy
+pytestmark = [pytest.mark.heavy, pytest.mark.slow]  # ~5 min quiet, 18 min under load: `make test-slow`
 
 ENV = {"VLLM_HOST_IP": "127.0.0.1", "HF_HUB_OFFLINE": "1"}
 JUDGE = ["--judge", "smollm2-135m", "--judge-dtype", "float32", "--kv-cache-gib", "1", "-c", "8"]

@@ -43,6 +43,7 @@ def test_item_seed_keeps_the_items_while_the_sampling_seed_moves(tiny_model):
 
 
 @pytest.mark.heavy
+@pytest.mark.slow  # three runs of the tiny model: `make test-slow`
 def test_noise_floor_command_measures_both_reruns(tiny_model, tmp_path):
     base = tmp_path / "base"
     common = ["--model", "smollm2-135m", "--benches", "arith", "--tier", "full", "--limit", "24", "--dtype", "float32",

@@ -599,6 +599,7 @@ def test_run_command_through_the_endpoint_matches_the_in_process_run(served, tmp
 
 
 @pytest.mark.heavy
+@pytest.mark.slow  # two more server starts: `make test-slow`
 def test_run_survives_a_killed_server_and_resumes_after_a_restart(tiny_model, tmp_path):
     """Kill the server mid-run: the run stops with one line (exit 4), its records intact; a rerun against
     a restarted server (another port: where it lives is informative) completes without duplicates."""
