@@ -28,11 +28,11 @@ def _descendants(pid: int) -> set[int]:
     return reaper._descendants({pid}, table)
 
 
-def _start_run(out: Path) -> subprocess.Popen:
+def _start_run(out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "VLLM_HOST_IP": "127.0.0.1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
         [sys.executable, "-m", "engine", "--model", "smollm2-135m", "--benches", "arith", "--limit", "150",
-         "--max-tokens", "64", "-c", "4", "--out", str(out), "--baseline", "none"],
+         "--max-tokens", "64", "-c", "4", "--out", str(out), "--baseline", "none", *extra],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,  # its own process group: the Ctrl-C tests signal the group
     )  # fmt: skip
@@ -77,7 +77,8 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 def test_sigkill_of_the_harness_leaves_no_engine_process_socket_or_shm(tiny_model, tmp_path):
     out = tmp_path / "run"
-    proc = _start_run(out)
+    # The engine core in a child process (AsyncLLM, the GPU default): the case that can leave orphans.
+    proc = _start_run(out, "--engine-core", "process")
     children: set[int] = set()
     try:
         _wait_for_records(proc, out)
@@ -104,7 +105,8 @@ def test_sigkill_of_the_harness_leaves_no_engine_process_socket_or_shm(tiny_mode
 @pytest.mark.parametrize("target", ["group", "parent", "sigterm"])
 def test_interrupt_stops_cleanly_with_130_and_resumable_records(tiny_model, tmp_path, target):
     out = tmp_path / "run"
-    proc = _start_run(out)
+    # The engine core in a child process (AsyncLLM, the GPU default): the case that can leave orphans.
+    proc = _start_run(out, "--engine-core", "process")
     children: set[int] = set()
     try:
         _wait_for_records(proc, out)

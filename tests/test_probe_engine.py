@@ -91,7 +91,8 @@ def test_cli_gate_stops_before_benches_and_corrupt_reference_is_one_line(referen
                    "--probe", str(reference), "--probe-gate", "0.05", "--baseline", "none", "--out", str(tmp_path / "run"))  # fmt: skip
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "KL probe (tier 0)" in proc.stdout and "benches not run" in proc.stdout
-    assert not (tmp_path / "run").exists()
+    # The panel is kept in the run directory (the HTML report shows it); no bench ran, so no records.
+    assert (tmp_path / "run" / "probe.json").is_file() and not (tmp_path / "run" / "records").exists()
 
     broken = tmp_path / "broken.dhref"
     broken.write_bytes(reference.read_bytes()[:-10])
