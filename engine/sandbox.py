@@ -251,6 +251,12 @@ def _run_bwrap(program, output, limits: Limits, as_main: bool, slot: int) -> int
         info = _read_all(info_read, deadline)
     finally:
         os.close(info_read)
+    return _reap(proc, info, output, deadline)
+
+
+def _reap(proc, info: bytes, output, deadline: float) -> int | None:
+    """Wait for a bwrap run (killing it at the deadline) and for every process in its namespace;
+    its return code, or None when the wall clock ran out."""
     if not info:
         returncode = _wait_or_kill(proc, deadline)
         if returncode is None:  # the wall clock ran out before the sandbox was even up
@@ -567,24 +573,7 @@ class AgentShell:
             info = _read_all(info_read, deadline)
         finally:
             os.close(info_read)
-        if not info:
-            returncode = _wait_or_kill(proc, deadline)
-            if returncode is None:
-                return None
-            output.seek(0)
-            raise SandboxError(f"bwrap could not set up the sandbox: {output.read(2000).decode(errors='replace').strip()}")
-        init_fd = _open_init(info)
-        returncode = _wait_or_kill(proc, deadline)
-        if init_fd is not None:
-            try:
-                if returncode is None:
-                    _kill(init_fd)
-                if not select.select([init_fd], [], [], 5.0)[0]:
-                    _kill(init_fd)
-                    select.select([init_fd], [], [], 5.0)
-            finally:
-                os.close(init_fd)
-        return returncode
+        return _reap(proc, info, output, deadline)
 
     def _enforce_scratch_quota(self) -> str:
         total = 0

@@ -212,19 +212,7 @@ async def score_endpoint_async(
             raise
     finally:
         await transport.close()
-    cand = {key: np.concatenate([r[key] for r in rows]) for key in ("kl", "top1", "target_lp")}
-    base_top1 = ref.topk_ids[np.arange(len(ref.topk_ids)), np.argmax(ref.topk_logprobs, axis=1)]
-    sequence_of_row = np.concatenate([np.full(b - a, s) for s, (a, b) in enumerate(ranges)])
-    summary = metrics.summarize(
-        kl=cand["kl"],
-        base_top1=base_top1,
-        cand_top1=cand["top1"],
-        base_target_lp=ref.target_lp,
-        cand_target_lp=cand["target_lp"],
-        sequence=sequence_of_row,
-        sources=[seq.source for seq in ref.header.sequences],
-        storage_floor=ref.header.storage_floor,
-    )
+    summary = metrics.summarize_rows(ref, rows)
     return EndpointProbe(summary=summary, server=info, top_k=k, reference_top_k=ref.header.top_k)
 
 

@@ -127,3 +127,21 @@ def format_summary(s: Summary, label: str = "") -> str:
         lines.append(f"  {name:<22} {int(row['positions']):>9} {row['kl_mean']:>10.6f} {row['kl_p99']:>10.6f} "
                      f"{100 * row['top1_agree']:>7.2f}% {row['ppl_ratio']:>10.5f}")  # fmt: skip
     return "\n".join(lines)
+
+
+def summarize_rows(ref, rows: list[dict]) -> Summary:
+    """The panel of a candidate's per-sequence rows (kl, top1, target_lp) against a stored reference."""
+    ranges = ref.row_ranges()
+    cand = {key: np.concatenate([r[key] for r in rows]) for key in ("kl", "top1", "target_lp")}
+    base_top1 = ref.topk_ids[np.arange(len(ref.topk_ids)), np.argmax(ref.topk_logprobs, axis=1)]
+    sequence_of_row = np.concatenate([np.full(b - a, s) for s, (a, b) in enumerate(ranges)])
+    return summarize(
+        kl=cand["kl"],
+        base_top1=base_top1,
+        cand_top1=cand["top1"],
+        base_target_lp=ref.target_lp,
+        cand_target_lp=cand["target_lp"],
+        sequence=sequence_of_row,
+        sources=[info.source for info in ref.header.sequences],
+        storage_floor=ref.header.storage_floor,
+    )

@@ -175,16 +175,4 @@ def score_candidate(*, model: str, reference: Path, backend: str = "vllm", dtype
     jobs = [ScoreJob(ids=ref.topk_ids[a:b], logprobs=ref.topk_logprobs[a:b], log_tail=ref.log_tail[a:b]) for a, b in ranges]
     parts = _compute(backend, checkpoint, dtype, tp, sequences, score_from, jobs)
     rows = [concat(p, b - a, f"sequence {ref.header.sequences[s].id}") for s, (p, (a, b)) in enumerate(zip(parts, ranges, strict=True))]
-    cand = {key: np.concatenate([r[key] for r in rows]) for key in ("kl", "top1", "target_lp")}
-    base_top1 = ref.topk_ids[np.arange(len(ref.topk_ids)), np.argmax(ref.topk_logprobs, axis=1)]
-    sequence_of_row = np.concatenate([np.full(b - a, s) for s, (a, b) in enumerate(ranges)])
-    return metrics.summarize(
-        kl=cand["kl"],
-        base_top1=base_top1,
-        cand_top1=cand["top1"],
-        base_target_lp=ref.target_lp,
-        cand_target_lp=cand["target_lp"],
-        sequence=sequence_of_row,
-        sources=[info.source for info in ref.header.sequences],
-        storage_floor=ref.header.storage_floor,
-    )
+    return metrics.summarize_rows(ref, rows)
