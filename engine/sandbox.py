@@ -418,9 +418,7 @@ def _site_packages() -> str:
     if len(set(found.values())) != 1:
         raise UserError(f"the agent sandbox needs pandas, pyarrow and numpy in one site-packages dir (found {found})")
     site = next(iter(found.values()))
-    # Bound at SITE_MOUNT, the dir is reached through its own mount point: its parents' modes (a venv
-    # under a private 0700 folder) do not matter, only its own.
-    if os.geteuid() == 0 and os.stat(site).st_mode & (stat.S_IROTH | stat.S_IXOTH) != stat.S_IROTH | stat.S_IXOTH:
+    if os.geteuid() == 0 and not _others_can(site, stat.S_IROTH | stat.S_IXOTH):
         raise UserError(f"the sandbox runs as an unprivileged uid, which cannot read {site}; install the harness outside /root")
     return site
 
