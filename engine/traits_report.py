@@ -1,6 +1,7 @@
 """The trait table of a judged bench: pass rates per trait against their gates, and against a baseline.
 
-Per scenario, its value is the mean verdict (PASS = 1, FAIL = 0) over its scored samples (3 seeds);
+Per scenario, its value is the mean verdict (PASS = 1, FAIL = 0; for a trait graded on the 1-5 score,
+PASS when the score reaches the trait's threshold) over its scored samples (3 seeds);
 unscored judgments (no parsable verdict) are left out, never counted as fails, and a scenario with no
 scored sample in either run is left out of the pairing (counted in `unscored`). A trait's rate is the
 mean of its scenarios' values; its gate (minimum rate, from the trait table, carried in the records)
@@ -27,6 +28,7 @@ class TraitRow(msgspec.Struct, kw_only=True):
     trait: str
     name: str
     gate: float | None  # None for the overall row
+    grading: str = ""  # the verdict format: "pass/fail" or "score>=N" (N of 1-5); "" for the overall row
     scenarios: int  # scenarios in the rate (paired ones against a baseline)
     cand_rate: float
     base_rate: float | None = None
@@ -52,13 +54,13 @@ class TraitsReport(msgspec.Struct, kw_only=True):
 
 def _values(
     run: Run, bench: BenchSpec
-) -> tuple[dict[str, float], dict[str, str], dict[str, tuple[str, float]], int]:
-    """(scenario -> mean verdict, scenario -> trait, trait -> (name, gate), unscored answers)."""
+) -> tuple[dict[str, float], dict[str, str], dict[str, tuple[str, float, str]], int]:
+    """(scenario -> mean verdict, scenario -> trait, trait -> (name, gate, grading), unscored answers)."""
     records = run.records.get(bench.name, [])
     found = verdicts(run.dir, run.spec, bench, records)
     by_scenario: dict[str, list[float]] = {}
     traits: dict[str, str] = {}
-    table: dict[str, tuple[str, float]] = {}
+    table: dict[str, tuple[str, float, str]] = {}
     unscored = 0
     for rec in answered(records):
         traits[rec.item_id] = rec.category or ""
@@ -71,10 +73,14 @@ def _values(
     return {k: stats.mean(v) for k, v in by_scenario.items()}, traits, table, unscored
 
 
-def _trait_entry(rec: ItemRecord, table: dict[str, tuple[str, float]]) -> None:
+def _trait_entry(rec: ItemRecord, table: dict[str, tuple[str, float, str]]) -> None:
     if "gate" in rec.extra and rec.category is not None:
+        threshold = rec.extra.get("threshold")
+        grading = (
+            "pass/fail" if rec.extra.get("verdict", "pass_fail") == "pass_fail" else f"score>={threshold}"
+        )
         table.setdefault(
-            rec.category, (str(rec.extra.get("trait_name", rec.category)), float(rec.extra["gate"]))
+            rec.category, (str(rec.extra.get("trait_name", rec.category)), float(rec.extra["gate"]), grading)
         )
 
 
@@ -95,8 +101,10 @@ def traits_report(cand: Run, base: Run | None = None, alpha: float = 0.05) -> li
         ids = sorted(i for i in c_val if b_val is None or i in b_val)
         rows = []
         for trait in sorted({traits[i] for i in traits}):
-            name, gate = table.get(trait, (trait, None))
-            rows.append(_row(trait, name, gate, [i for i in ids if traits[i] == trait], c_val, b_val))
+            name, gate, grading = table.get(trait, (trait, None, ""))
+            row = _row(trait, name, gate, [i for i in ids if traits[i] == trait], c_val, b_val)
+            row.grading = grading
+            rows.append(row)
         for row, p in zip(
             rows,
             stats.holm([r.p_degraded for r in rows]) if b_val is not None else [None] * len(rows),
@@ -109,8 +117,9 @@ def traits_report(cand: Run, base: Run | None = None, alpha: float = 0.05) -> li
         if overall.p_degraded is not None:
             overall.verdict = "DEGRADED" if overall.p_degraded < alpha else "no change detected"
         method = (
-            "per scenario: mean verdict over its scored samples (unscored left out); trait rate: mean over "
-            "scenarios; gate PASS when the candidate's rate ≥ the trait's gate"
+            "per scenario: mean verdict over its scored samples (unscored left out; a score trait's answer "
+            "passes when its 1-5 score ≥ the trait's threshold); trait rate: mean over scenarios; gate PASS "
+            "when the candidate's rate ≥ the trait's gate"
         )
         if b_val is not None:
             method += f"; paired sign-flip test on per-scenario differences (one-sided), Holm across {len(rows)} traits at α={alpha}"
@@ -166,12 +175,12 @@ def _pct(x: float | None) -> str:
 
 def format_report(report: TraitsReport) -> str:
     with_base = report.overall.base_rate is not None
-    head = f"{'trait':<6} {'name':<20} {'n':>3} "
+    head = f"{'trait':<6} {'name':<20} {'grading':<9} {'n':>3} "
     head += f"{'base':>5} {'cand':>5} {'Δ pts':>6} {'p(holm)':>8} " if with_base else f"{'rate':>5} "
     head += f"{'gate':>5}  verdict"
     lines = [f"{report.bench}: judged by {report.judge} (judge prompt v{report.prompt_version})", head]
     for row in [*report.rows, report.overall]:
-        line = f"{row.trait:<6} {row.name[:20]:<20} {row.scenarios:>3} "
+        line = f"{row.trait:<6} {row.name[:20]:<20} {row.grading:<9} {row.scenarios:>3} "
         if with_base:
             delta = "-" if row.delta is None else f"{100 * row.delta:+.1f}"
             p = row.p_degraded_holm if row.p_degraded_holm is not None else row.p_degraded
@@ -188,15 +197,21 @@ def format_report(report: TraitsReport) -> str:
         unscored += f", baseline {report.unscored_base}"
     lines.append(unscored + " (left out, never counted as fails)")
     if report.agreement:
-        parts = [
-            f"{a.trait} {100 * a.agreement:.0f}% κ {'-' if a.kappa != a.kappa else f'{a.kappa:.2f}'} (n={a.pairs})"
-            for a in report.agreement
-        ]
-        lines.append("judge self-agreement (noise floor): " + " · ".join(parts))
+        lines.append(
+            "judge self-agreement (noise floor): " + " · ".join(map(agreement_cell, report.agreement))
+        )
     failed = [r.trait for r in report.rows if r.gate_pass is False]
     lines.append(f"GATES {'PASSED' if report.gates_passed else 'FAILED: ' + ', '.join(failed)}")
     lines.append(f"method: {report.method}")
     return "\n".join(lines)
+
+
+def agreement_cell(a: Agreement) -> str:
+    """One trait's self-agreement: raw and κ on PASS/FAIL; for score traits also the exact-score share."""
+    cell = f"{a.trait} {100 * a.agreement:.0f}% κ {'-' if a.kappa != a.kappa else f'{a.kappa:.2f}'} (n={a.pairs})"
+    if a.score_agreement is not None:
+        cell += f", same score {100 * a.score_agreement:.0f}% (n={a.score_pairs})"
+    return cell
 
 
 def gates_exit(reports: list[TraitsReport]) -> int:

@@ -48,8 +48,25 @@ class Candidate:
         pass
 
 
+def is_score_prompt(messages) -> bool:
+    return messages[0]["content"] == judge.SYSTEM_SCORE
+
+
+def reply_for(messages, passed: bool) -> str:
+    """A well-formed judge reply in the prompt's format: PASS/FAIL, or a score of 5 or 2 (threshold 4)."""
+    if is_score_prompt(messages):
+        return f"The reply meets the rubric or not.\nSCORE: {5 if passed else 2}"
+    return f"The reply meets the rubric or not.\nVERDICT: {'PASS' if passed else 'FAIL'}"
+
+
+def flipped(reply: str) -> str:
+    swap = {"PASS": "FAIL", "FAIL": "PASS", "SCORE: 5": "SCORE: 2", "SCORE: 2": "SCORE: 5"}
+    return re.sub("|".join(swap), lambda m: swap[m.group(0)], reply)
+
+
 class Judge:
-    """PASS for GOOD answers, FAIL for BAD ones; `mangle(request, reply)` may spoil the reply."""
+    """PASS (or score 5) for GOOD answers, FAIL (or score 2) for BAD ones; `mangle(request, reply)`
+    may spoil the reply."""
 
     max_model_len = 4096
 
@@ -61,8 +78,7 @@ class Judge:
         self.requests.append(request)
         await asyncio.sleep(0)
         answer = ANSWER.search(request.messages[1]["content"]).group(1)
-        verdict = "PASS" if answer.startswith("GOOD") else "FAIL"
-        reply = self.mangle(request, f"The reply meets the rubric or not.\nVERDICT: {verdict}")
+        reply = self.mangle(request, reply_for(request.messages, answer.startswith("GOOD")))
         return GenResult(
             text=reply, token_ids=[], finish_reason="stop", prompt_tokens=50, completion_tokens=10
         )
@@ -190,14 +206,15 @@ def test_judge_prompts_are_blind_and_identical_for_baseline_and_candidate(tmp_pa
 
 def test_cache_keys_cover_judge_prompt_scenario_answer_and_repeat(tmp_path):
     keys = {
-        judge.judgment_key("J", "1", "s", "a", 0),
-        judge.judgment_key("K", "1", "s", "a", 0),
-        judge.judgment_key("J", "2", "s", "a", 0),
-        judge.judgment_key("J", "1", "t", "a", 0),
-        judge.judgment_key("J", "1", "s", "b", 0),
-        judge.judgment_key("J", "1", "s", "a", 1),
+        judge.judgment_key("J", "1", "s", "a", 0, "pass_fail"),
+        judge.judgment_key("K", "1", "s", "a", 0, "pass_fail"),
+        judge.judgment_key("J", "2", "s", "a", 0, "pass_fail"),
+        judge.judgment_key("J", "1", "t", "a", 0, "pass_fail"),
+        judge.judgment_key("J", "1", "s", "b", 0, "pass_fail"),
+        judge.judgment_key("J", "1", "s", "a", 1, "pass_fail"),
+        judge.judgment_key("J", "1", "s", "a", 0, "score"),
     }
-    assert len(keys) == 6
+    assert len(keys) == 7
     items = benches.get_bench("trader_traits").load(None)
     assert judge.scenario_hash(items[0]) != judge.scenario_hash(items[1])
     edited = msgspec.structs.replace(items[0], meta=items[0].meta | {"rubric": items[0].meta["rubric"][:-1]})
@@ -211,8 +228,9 @@ def test_cache_keys_cover_judge_prompt_scenario_answer_and_repeat(tmp_path):
         rec = next(
             r for r in run.records["trader_traits"] if (r.item_id, r.sample) == (j["item_id"], j["sample"])
         )
+        kind = item[j["item_id"]].meta["verdict"]
         assert j["key"] == judge.judgment_key(
-            "judgeA", judge.PROMPT_VERSION, judge.scenario_hash(item[j["item_id"]]), rec.completion, 0
+            "judgeA", judge.PROMPT_VERSION, judge.scenario_hash(item[j["item_id"]]), rec.completion, 0, kind
         )
     # A judgment whose key does not match the answer on disk is not this answer's verdict.
     path = run.dir / judge.JUDGMENTS_FILE
@@ -291,7 +309,7 @@ def test_a_a_same_answers_same_seed_identical_verdicts(tmp_path):
     def coin(request, reply):
         # A judge whose verdict depends only on its prompt and seed (like a real one at temperature 0).
         digest = hashlib.sha256((json.dumps(request.messages) + str(request.seed)).encode()).digest()
-        return f"Coin.\nVERDICT: {'PASS' if digest[0] < 128 else 'FAIL'}"
+        return reply_for(request.messages, digest[0] < 128)
 
     shutil.copytree(run.dir, tmp_path / "b")
     judge_it(run.dir, Judge(coin))
@@ -312,7 +330,7 @@ def test_noise_floor_recovers_a_known_flip_share(tmp_path):
             return reply
         digest = hashlib.sha256((json.dumps(request.messages) + str(request.seed)).encode()).digest()
         if int.from_bytes(digest[:4], "big") / 2**32 < share:
-            return reply.replace("PASS", "X").replace("FAIL", "PASS").replace("X", "FAIL")
+            return flipped(reply)
         return reply
 
     counts = judge_it(run.dir, Judge(flip), repeats=6)
@@ -392,3 +410,122 @@ def test_shipped_set_has_six_traits_and_at_least_twelve_scenarios():
     assert len(items) >= 12 and len({i.category for i in items}) == 6
     assert module.SAMPLES == 3 and module.THINK is False
     assert all(len(i.meta["rubric"]) >= 2 for i in items)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The 1-5 score format
+
+
+@pytest.mark.parametrize(
+    "reply,score",
+    [
+        ("Meets all criteria.\nSCORE: 5", 5),
+        ("Misses one.\n**SCORE: 3**\n", 3),
+        ("<think>SCORE: 1</think>fine\nSCORE: 4", 4),
+        ("SCORE: N is the format.\nSCORE: 2", 2),  # an echoed template is not a second score
+        ("SCORE: 3\nSCORE: 4", None),  # two scores that disagree
+        ("SCORE: 6", None),
+        ("SCORE: 0", None),
+        ("SCORE: 4/5", None),
+        ("SCORE: 4.5", None),
+        ("score: 4", None),
+        ("VERDICT: PASS", None),
+        ("", None),
+    ],
+)
+def test_score_format_is_strict(reply, score):
+    assert judge.parse_score(reply)[0] == score
+
+
+def test_score_traits_keep_the_score_and_pass_at_the_threshold(tmp_path):
+    run = answer_run(tmp_path / "run", limit=6)  # risk-01..03 (T1, pass_fail), unc-01..03 (T2, score >= 4)
+    given = {"unc-01": "SCORE: 3", "unc-02": "SCORE: 4", "unc-03": "Good.\nSCORE: 4/5"}
+
+    def mangle(request, reply):
+        item = ANSWER.search(request.messages[1]["content"]).group(1).split()[3]
+        if item not in given:
+            return reply
+        if len(request.messages) > 2:  # the re-ask of a score prompt asks for the score line
+            assert request.messages[-1]["content"] == judge.REASK_SCORE
+        return f"Rationale.\n{given[item]}"
+
+    scripted = Judge(mangle)
+    counts = judge_it(run.dir, scripted)
+    for request in scripted.requests:
+        item = ANSWER.search(request.messages[1]["content"]).group(1).split()[3]
+        prompt = request.messages[1]["content"]
+        if item.startswith("unc-"):
+            assert is_score_prompt(request.messages) and judge.ASK_SCORE in prompt and "VERDICT" not in prompt
+            assert "threshold" not in prompt  # the judge scores; the trait table decides
+        else:
+            assert request.messages[0]["content"] == judge.SYSTEM and prompt.endswith(judge.ASK)
+    assert counts.unscored == 3 and counts.calls == 15 + 3 * (1 + judge.REASKS)
+    rows = [json.loads(line) for line in (run.dir / judge.JUDGMENTS_FILE).read_bytes().splitlines()]
+    by_item = {}
+    for row in rows:
+        by_item.setdefault(row["item_id"], set()).add(
+            (row["verdict"], row.get("score"), row.get("threshold"))
+        )
+    assert by_item["unc-01"] == {("FAIL", 3, 4)} and by_item["unc-02"] == {("PASS", 4, 4)}
+    assert by_item["unc-03"] == {(None, None, 4)}  # unparsable after the re-asks: unscored, not a fail
+    assert by_item["risk-01"] == {("PASS", None, None)}  # pass_fail judgments carry no score
+    (report,) = traits_report.traits_report(read_run(run.dir))
+    rows_by_trait = {r.trait: r for r in report.rows}
+    assert rows_by_trait["T2"].grading == "score>=4" and rows_by_trait["T1"].grading == "pass/fail"
+    assert rows_by_trait["T2"].cand_rate == 0.5 and rows_by_trait["T2"].scenarios == 2
+    assert "score>=4" in traits_report.format_report(report)
+    # Cached: a second pass sends nothing (unscored answers included).
+    assert judge_it(run.dir, Judge(mangle)).calls == 0
+
+
+def test_noise_floor_on_score_traits_reports_pass_fail_and_exact_score_agreement(tmp_path):
+    run = answer_run(tmp_path / "run", limit=6)
+
+    def wobble(request, reply):
+        # Repeats move every score-5 of unc-02 to 4: the same PASS at threshold 4, another score.
+        item = ANSWER.search(request.messages[1]["content"]).group(1).split()[3]
+        if request.seed != judge.JUDGE_SEED and item == "unc-02":
+            return reply.replace("SCORE: 5", "SCORE: 4")
+        return reply
+
+    judge_it(run.dir, Judge(wobble), repeats=2)
+    (report,) = traits_report.traits_report(read_run(run.dir))
+    agreement = {a.trait: a for a in report.agreement}
+    assert agreement["T2"].agreement == 1.0 and agreement["T2"].pairs == 18
+    assert agreement["T2"].score_pairs == 18 and agreement["T2"].score_agreement == pytest.approx(2 / 3)
+    assert agreement["T1"].score_pairs == 0 and agreement["T1"].score_agreement is None
+    assert agreement["all"].pairs == 36 and agreement["all"].score_agreement == pytest.approx(2 / 3)
+    assert "same score 67% (n=18)" in traits_report.format_report(report)
+
+
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        ({"verdict": "scale"}, "field 'verdict' must be one of pass_fail, score"),
+        ({"verdict": "score"}, "field 'threshold' must be the lowest passing score, an integer 1..5"),
+        ({"verdict": "score", "threshold": 6}, "field 'threshold' must be"),
+        ({"verdict": "score", "threshold": 3.5}, "field 'threshold' must be"),
+        ({"verdict": "score", "threshold": True}, "field 'threshold' must be"),
+        ({"threshold": 3}, "field 'threshold' applies to verdict 'score' only"),
+        ({"verdict": "pass_fail", "threshold": 3}, "field 'threshold' applies to verdict 'score' only"),
+        ({"treshold": 3}, "unknown field 'treshold'"),
+    ],
+)
+def test_bad_verdict_format_in_the_traits_table_is_one_line_naming_file_and_field(tmp_path, fields, message):
+    folder = tmp_path / "trader_traits"
+    folder.mkdir()
+    scenario = '{"id": "a", "trait": "T1", "messages": [{"role": "user", "content": "hi"}], "rubric": "r"}'
+    (folder / "scenarios.jsonl").write_text(scenario + "\n")
+    good = {"id": "T0", "name": "n", "description": "d", "gate": 0.5, "verdict": "score", "threshold": 3}
+    bad = {"id": "T1", "name": "n", "description": "d", "gate": 0.5} | fields
+    (folder / "traits.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(UserError, match=re.escape(f"traits.jsonl:2: {message}")) as info:
+        benches.get_bench("trader_traits").load(tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_shipped_traits_use_both_verdict_formats():
+    items = benches.get_bench("trader_traits").load(None)
+    formats = {i.category: (i.meta["verdict"], i.meta["threshold"]) for i in items}
+    assert set(formats.values()) == {("pass_fail", None), ("score", 4)}
+    assert sum(kind == "score" for kind, _ in formats.values()) == 2
