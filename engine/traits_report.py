@@ -173,45 +173,104 @@ def _pct(x: float | None) -> str:
     return "-" if x is None or x != x else f"{100 * x:.0f}%"
 
 
-def format_report(report: TraitsReport) -> str:
-    with_base = report.overall.base_rate is not None
-    head = f"{'trait':<6} {'name':<20} {'grading':<9} {'n':>3} "
-    head += f"{'base':>5} {'cand':>5} {'Δ pts':>6} {'p(holm)':>8} " if with_base else f"{'rate':>5} "
-    head += f"{'gate':>5}  verdict"
-    lines = [f"{report.bench}: judged by {report.judge} (judge prompt v{report.prompt_version})", head]
-    for row in [*report.rows, report.overall]:
-        line = f"{row.trait:<6} {row.name[:20]:<20} {row.grading:<9} {row.scenarios:>3} "
-        if with_base:
-            delta = "-" if row.delta is None else f"{100 * row.delta:+.1f}"
-            p = row.p_degraded_holm if row.p_degraded_holm is not None else row.p_degraded
-            line += f"{_pct(row.base_rate):>5} {_pct(row.cand_rate):>5} {delta:>6} {'-' if p is None else f'{p:.3f}':>8} "
-        else:
-            line += f"{_pct(row.cand_rate):>5} "
-        gate = "" if row.gate_pass is None else ("PASS" if row.gate_pass else "FAIL")
-        line += f"{_pct(row.gate):>5}  {gate}"
-        if row.verdict == "DEGRADED":
-            line += "  DEGRADED"
-        lines.append(line)
+# Column: (header, width, left-aligned); the terminal table pads to the width, the HTML report
+# (engine/report.py) shows the same texts in cells.
+_COLUMNS = {
+    "trait": ("trait", 6, True),
+    "name": ("name", 20, True),
+    "grading": ("grading", 9, True),
+    "n": ("n", 3, False),
+    "base": ("base", 5, False),
+    "cand": ("cand", 5, False),
+    "rate": ("rate", 5, False),
+    "delta": ("Δ pts", 6, False),
+    "p": ("p(holm)", 8, False),
+    "gate": ("gate", 5, False),
+    "verdict": ("verdict", 0, True),
+}
+
+
+def row_cells(row: TraitRow, with_base: bool) -> dict[str, str]:
+    """One row of the trait table as texts, by column: the terminal table and the HTML report show these."""
+    cells = {"trait": row.trait, "name": row.name[:20], "grading": row.grading, "n": str(row.scenarios)}
+    if with_base:
+        p = row.p_degraded_holm if row.p_degraded_holm is not None else row.p_degraded
+        cells |= {
+            "base": _pct(row.base_rate),
+            "cand": _pct(row.cand_rate),
+            "delta": "-" if row.delta is None else f"{100 * row.delta:+.1f}",
+            "p": "-" if p is None else f"{p:.3f}",
+        }
+    else:
+        cells["rate"] = _pct(row.cand_rate)
+    gate = "" if row.gate_pass is None else ("PASS" if row.gate_pass else "FAIL")
+    cells |= {"gate": _pct(row.gate), "verdict": gate + ("  DEGRADED" if row.verdict == "DEGRADED" else "")}
+    return cells
+
+
+def column_header(column: str) -> str:
+    return _COLUMNS[column][0]
+
+
+def title_line(report: TraitsReport) -> str:
+    return f"{report.bench}: judged by {report.judge} (judge prompt v{report.prompt_version})"
+
+
+def unscored_line(report: TraitsReport) -> str:
     unscored = f"unscored answers: candidate {report.unscored_cand}"
     if report.unscored_base is not None:
         unscored += f", baseline {report.unscored_base}"
-    lines.append(unscored + " (left out, never counted as fails)")
+    return unscored + " (left out, never counted as fails)"
+
+
+def gates_line(report: TraitsReport) -> str:
+    failed = [r.trait for r in report.rows if r.gate_pass is False]
+    return f"GATES {'PASSED' if report.gates_passed else 'FAILED: ' + ', '.join(failed)}"
+
+
+def agreement_cells(a: Agreement) -> dict[str, str]:
+    """One trait's self-agreement: raw and κ on PASS/FAIL; for score traits also the exact-score share."""
+    cells = {
+        "trait": a.trait,
+        "pairs": str(a.pairs),
+        "agreement": f"{100 * a.agreement:.0f}%",
+        "kappa": "-" if a.kappa != a.kappa else f"{a.kappa:.2f}",
+        "same score": "-",
+    }
+    if a.score_agreement is not None:
+        cells["same score"] = f"{100 * a.score_agreement:.0f}% (n={a.score_pairs})"
+    return cells
+
+
+def agreement_cell(a: Agreement) -> str:
+    c = agreement_cells(a)
+    cell = f"{c['trait']} {c['agreement']} κ {c['kappa']} (n={c['pairs']})"
+    if a.score_agreement is not None:
+        cell += f", same score {c['same score']}"
+    return cell
+
+
+def format_report(report: TraitsReport) -> str:
+    with_base = report.overall.base_rate is not None
+
+    def line(texts: dict[str, str]) -> str:
+        parts = []
+        for column, text in texts.items():
+            _, width, left = _COLUMNS[column]
+            parts.append(f"{text:<{width}}" if left else f"{text:>{width}}")
+        return " ".join(parts).rstrip()
+
+    columns = row_cells(report.overall, with_base)
+    lines = [title_line(report), line({c: column_header(c) for c in columns})]
+    lines += [line(row_cells(row, with_base)) for row in [*report.rows, report.overall]]
+    lines.append(unscored_line(report))
     if report.agreement:
         lines.append(
             "judge self-agreement (noise floor): " + " · ".join(map(agreement_cell, report.agreement))
         )
-    failed = [r.trait for r in report.rows if r.gate_pass is False]
-    lines.append(f"GATES {'PASSED' if report.gates_passed else 'FAILED: ' + ', '.join(failed)}")
+    lines.append(gates_line(report))
     lines.append(f"method: {report.method}")
     return "\n".join(lines)
-
-
-def agreement_cell(a: Agreement) -> str:
-    """One trait's self-agreement: raw and κ on PASS/FAIL; for score traits also the exact-score share."""
-    cell = f"{a.trait} {100 * a.agreement:.0f}% κ {'-' if a.kappa != a.kappa else f'{a.kappa:.2f}'} (n={a.pairs})"
-    if a.score_agreement is not None:
-        cell += f", same score {100 * a.score_agreement:.0f}% (n={a.score_pairs})"
-    return cell
 
 
 def gates_exit(reports: list[TraitsReport]) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import html
 import json
 import re
 import shutil
@@ -529,3 +530,59 @@ def test_shipped_traits_use_both_verdict_formats():
     formats = {i.category: (i.meta["verdict"], i.meta["threshold"]) for i in items}
     assert set(formats.values()) == {("pass_fail", None), ("score", 4)}
     assert sum(kind == "score" for kind, _ in formats.values()) == 2
+
+
+# ---------------------------------------------------------------------------------------------------
+# The trait tables in the HTML report
+
+
+def _html_rows(page: str, table_class: str) -> list[list[str]]:
+    """The cell texts of each row of the first <table class=...> on the page (tags stripped)."""
+    table = re.search(rf"<table class={table_class}>(.*?)</table>", page, re.S).group(1)
+    return [
+        [html.unescape(re.sub(r"<[^>]+>", "", cell)) for cell in re.findall(r"<t[dh][^>]*>.*?</t[dh]>", row)]
+        for row in re.findall(r"<tr>(.*?)</tr>", table, re.S)
+    ]
+
+
+def test_html_report_shows_the_trait_table_gates_and_noise_floor_as_the_terminal_does(tmp_path):
+    from engine import report
+
+    base = answer_run(tmp_path / "base")
+    cand = answer_run(
+        tmp_path / "cand", Candidate(good=lambda item: not item.startswith("mis-") and item != "risk-01")
+    )
+    judge_it(base.dir, Judge())
+    judge_it(cand.dir, Judge(), repeats=1)
+    cand, base = read_run(cand.dir), read_run(base.dir)
+    (terminal,) = traits_report.traits_report(cand, base)
+    text = traits_report.format_report(terminal)
+
+    out = tmp_path / "report.html"
+    assert report.write_report(cand, base, out) is None  # judged benches only: no accuracy comparison
+    page = out.read_text()
+    rows = _html_rows(page, "traits")
+    assert rows[0] == ["trait", "name", "grading", "n", "base", "cand", "Δ pts", "p(holm)", "gate", "verdict"]
+    # Every row carries the terminal table's very texts (the same numbers, one formatting).
+    table_lines = text.splitlines()[2 : 2 + len(terminal.rows) + 1]
+    assert [" ".join(r).split() for r in rows[1:]] == [line.split() for line in table_lines]
+    by_trait = {r[0]: r for r in rows[1:]}
+    assert by_trait["T3"][4:] == ["100%", "0%", "-100.0", "0.750", "95%", "FAIL"]
+    assert by_trait["T2"][2] == "score>=4" and by_trait["T2"][-1] == "PASS"
+    assert by_trait["all"][-1] == ""  # the overall row has no gate of its own
+    assert "GATES FAILED: T1, T3" in page and "class=bad>GATES FAILED" in page
+    assert "unscored answers: candidate 0, baseline 0" in page
+    floor = _html_rows(page, "agreement")
+    assert floor[0] == ["trait", "pairs", "agreement", "kappa", "same score"]
+    assert [r[0] for r in floor[1:]] == [a.trait for a in terminal.agreement]
+    assert dict((r[0], r[4]) for r in floor[1:])["T2"].startswith("100% (n=")
+    assert "Degradation report" in page and "<th class=l>bench</th>" not in page  # no 0% accuracy row
+
+    alone = tmp_path / "alone.html"
+    assert report.write_report(base, None, alone) is None
+    page = alone.read_text()
+    assert "GATES PASSED" in page and "Run report" in page and "accuracy [95% Wilson]" not in page
+    assert len(_html_rows(page, "traits")) == 1 + 6 + 1 and "<table class=agreement>" not in page
+
+    proc = run_cli("report", str(cand.dir), "--baseline", str(base.dir), "--html", str(out))
+    assert proc.returncode == traits_report.EXIT_GATE_FAILED, proc.stderr
