@@ -257,7 +257,8 @@ def format_report(report: TraitsReport) -> str:
         parts = []
         for column, text in texts.items():
             _, width, left = _COLUMNS[column]
-            parts.append(f"{text:<{width}}" if left else f"{text:>{width}}")
+            gap = " " if column == "verdict" else ""  # the verdict stands apart from the numbers
+            parts.append(gap + (f"{text:<{width}}" if left else f"{text:>{width}}"))
         return " ".join(parts).rstrip()
 
     columns = row_cells(report.overall, with_base)

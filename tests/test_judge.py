@@ -19,7 +19,7 @@ from engine.backends import GenResult
 from engine.errors import UserError
 from engine.records import read_run
 from engine.spec import BenchSpec, RunSpec, SamplingConfig, VllmEngine, contract, diff
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 
 MODEL_NAME = "secret-model-x"  # must never reach a judge prompt
 MODEL_FP = "fingerprint-abc123"
@@ -586,3 +586,93 @@ def test_html_report_shows_the_trait_table_gates_and_noise_floor_as_the_terminal
 
     proc = run_cli("report", str(cand.dir), "--baseline", str(base.dir), "--html", str(out))
     assert proc.returncode == traits_report.EXIT_GATE_FAILED, proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------------
+# A judge behind a live OpenAI-compatible endpoint (real HTTP on 127.0.0.1)
+
+
+def test_endpoint_judge_over_http_parses_caches_and_stays_blind(tmp_path):
+    import sys
+
+    from aiohttp import web
+
+    from tests.test_openai_backend import Scripted
+
+    class JudgeServer(Scripted):
+        """The scripted OpenAI-compatible server, replying as a judge: PASS / score 5 for GOOD answers;
+        the first ask about risk-02 gets a reply without a verdict line (asked again over HTTP)."""
+
+        async def _chat(self, req):
+            body = await req.json()
+            self.bodies.append(body)
+            messages = body["messages"]
+            answer = ANSWER.search(messages[1]["content"]).group(1)
+            text = reply_for(messages, answer.startswith("GOOD"))
+            if "risk-02" in answer and len(messages) == 2:
+                text = "It respects the limit, I think."
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            return web.json_response(
+                {"choices": [choice], "usage": {"prompt_tokens": 50, "completion_tokens": 9}}
+            )
+
+    # The candidate's and the baseline's names and paths: none may reach the judge's server.
+    base = answer_run(tmp_path / "base-run", limit=6, model="/models/secret-base-ckpt", judge_fp="unbound")
+    cand = answer_run(tmp_path / "cand-run", limit=6, judge_fp="unbound")
+    server = JudgeServer(models=("judge-big",))
+
+    async def main():
+        async with server as url:
+            target = await judge.resolve_judge(url)
+            counts = []
+            for run in (base, cand):
+                assert judge.rebind_run(run.dir, target.fingerprint)
+                counts.append(
+                    await judge.judge_with(target, run.dir, data_dir=None, repeats=0, concurrency=4)
+                )
+            first_pass = len(server.bodies)
+            # Judging again through the command line: resolves the endpoint, then every judgment is cached.
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "engine", "judge", str(cand.dir), "--judge", url,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+            )  # fmt: skip
+            out, err = await asyncio.wait_for(proc.communicate(), 120)
+            return target, counts, first_pass, proc.returncode, out.decode(), err.decode()
+
+    target, counts, first_pass, code, out, err = asyncio.run(main())
+    # Parsed: 18 answers per run, each judged; the three risk-02 answers took one re-ask each.
+    for c in counts:
+        assert (c.judged, c.cached, c.unscored, c.errors, c.calls) == (18, 0, 0, 0, 21)
+    assert first_pass == 42 == sum(c.calls for c in counts)
+    # Cached: the second pass sent no chat request at all.
+    assert code == 0, err[-2000:]
+    assert len(server.bodies) == first_pass and "judge: 0 judged (0 from the cache), 0 judge calls" in err
+    assert "GATES PASSED" in out and "score>=4" in out
+    for run in (base, cand):
+        rows = [json.loads(line) for line in (run.dir / judge.JUDGMENTS_FILE).read_bytes().splitlines()]
+        assert len(rows) == 18 and {r["verdict"] for r in rows} == {"PASS"}
+        assert {r["judge"] for r in rows} == {target.fingerprint}
+        assert {r.get("score") for r in rows if r["item_id"].startswith("unc-")} == {5}
+        assert {r["attempts"] for r in rows if r["item_id"] == "risk-02"} == {2}
+    # Deterministic: temperature 0 and the fixed judge seed on every request, thinking off.
+    for body in server.bodies:
+        assert body["temperature"] == 0.0 and body["seed"] == judge.JUDGE_SEED
+        assert body["chat_template_kwargs"] == {"enable_thinking": False} and body["model"] == "judge-big"
+    # Blind: no model name, fingerprint, path or run of the candidate or the baseline in any body.
+    sent = json.dumps(server.bodies)
+    for secret in (
+        MODEL_NAME,
+        "secret-base-ckpt",
+        MODEL_FP,
+        str(tmp_path),
+        "base-run",
+        "cand-run",
+        "unbound",
+    ):
+        assert secret not in sent, secret
+    # Same answers, byte-identical judge requests for the baseline and the candidate.
+    halves = [
+        sorted(json.dumps(b, sort_keys=True) for b in part)
+        for part in (server.bodies[:21], server.bodies[21:])
+    ]
+    assert halves[0] == halves[1]
