@@ -526,7 +526,7 @@ def cmd_compare(argv: list[str]) -> int:
 
 
 def cmd_report(argv: list[str]) -> int:
-    from engine import baselines, report
+    from engine import baselines, judge, report, traits_report
     from engine.records import read_run
 
     p = argparse.ArgumentParser(
@@ -562,7 +562,10 @@ def cmd_report(argv: list[str]) -> int:
         margin=None if args.margin is None else args.margin / 100,
     )  # fmt: skip
     print(f"report: {args.html}")
-    return _exit_code(result) if result is not None else EXIT_OK
+    code = _exit_code(result) if result is not None else EXIT_OK
+    if judge.judged_benches(cand.spec):  # a missed trait gate exits as `compare` does
+        code = traits_report.gates_exit(traits_report.traits_report(cand, base, args.alpha)) or code
+    return code
 
 
 def cmd_degrade(argv: list[str]) -> int:
