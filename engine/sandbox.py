@@ -353,8 +353,8 @@ def run_many(sources: Iterable[str], limits: Limits = Limits(), *, workers: int 
 # SCRATCH_MOUNT, the working directory) and its own unprivileged uid (as root: AGENT_UID_BASE + n), so
 # the files one command writes are the next one's, the process limit counts one episode's processes
 # only, and two episodes never see each other's scratch. The data is a read-only copy bound at the
-# episode's data mount; python3 finds pandas/pyarrow/numpy in the harness's own site-packages, bound
-# read-only at SITE_MOUNT.
+# episode's data mount; python3 finds pandas/pyarrow/numpy in the harness's own site-packages (or its
+# staged copy, see _site_packages), bound read-only at SITE_MOUNT.
 
 AGENT_UID_BASE = 64100
 AGENT_UIDS = 256  # episodes with a shell open at once
@@ -405,8 +405,13 @@ _staged: dict[tuple[str, str], str] = {}  # (data dir, content key) -> world-rea
 _agent_probe: dict[str, str | None] = {}
 
 
+@functools.cache
 def _site_packages() -> str:
-    """The site-packages dir that holds pandas (and, checked, pyarrow and numpy) for python3 inside."""
+    """The site-packages dir that holds pandas (and, checked, pyarrow and numpy) for python3 inside.
+
+    As root the sandbox uid must reach it by path (bwrap resolves bind sources as that uid): a venv
+    under a private folder (a checkout in `mktemp -d`) is staged into a world-readable cache instead.
+    """
     import importlib.util
 
     found = {}
@@ -419,8 +424,101 @@ def _site_packages() -> str:
         raise UserError(f"the agent sandbox needs pandas, pyarrow and numpy in one site-packages dir (found {found})")
     site = next(iter(found.values()))
     if os.geteuid() == 0 and not _others_can(site, stat.S_IROTH | stat.S_IXOTH):
-        raise UserError(f"the sandbox runs as an unprivileged uid, which cannot read {site}; install the harness outside /root")
+        return _staged_site_packages(site)
     return site
+
+
+def _agent_distributions(site: str) -> list:
+    """The installed distributions pandas, pyarrow and numpy need at run time (their requirement
+    closure, markers evaluated for this interpreter, no extras), all found in `site`."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+
+    seen: dict[str, importlib.metadata.Distribution] = {}
+    todo = list(AGENT_PACKAGES)
+    while todo:
+        name = todo.pop().lower().replace("_", "-")
+        if name in seen:
+            continue
+        try:
+            dist = next(iter(importlib.metadata.distributions(name=name, path=[site])))
+        except StopIteration:
+            if name in AGENT_PACKAGES:
+                raise UserError(f"the agent sandbox needs {name} in {site}: pip install {name}") from None
+            continue  # an optional dependency not installed: the package itself runs without it
+        seen[name] = dist
+        for line in dist.requires or ():
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+    return sorted(seen.values(), key=lambda d: d.metadata["Name"].lower())
+
+
+def _agent_cache_root() -> Path:
+    """Where staged site-packages live: $DH_AGENT_CACHE, else /var/cache/degradation-harness/agent-site
+    (every parent searchable by the sandbox uid)."""
+    root = Path(os.environ.get("DH_AGENT_CACHE") or "/var/cache/degradation-harness/agent-site")
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o755)
+    if not _others_can(str(root), stat.S_IROTH | stat.S_IXOTH):
+        raise UserError(
+            f"the sandbox uid cannot reach the agent cache {root} (a private parent folder): "
+            f"set DH_AGENT_CACHE to a folder under a world-searchable path such as /var/cache"
+        )
+    return root
+
+
+def _staged_site_packages(site: str) -> str:
+    """A world-readable copy of what pandas/pyarrow/numpy need from `site`, made once per content
+    (the distributions' names, versions and RECORD hashes) under a lock, published by an atomic
+    rename and reused by every later run and process. Files are hard links where the filesystem
+    allows (instant, and the venv's files are already world-readable), copies otherwise."""
+    import fcntl
+    import hashlib
+
+    dists = _agent_distributions(site)
+    digest = hashlib.sha256(f"{sys.implementation.cache_tag}\n".encode())
+    tops: set[str] = set()
+    for dist in dists:
+        digest.update(f"{dist.metadata['Name']}=={dist.version}\n{dist.read_text('RECORD') or ''}\n".encode())
+        tops.update(f.parts[0] for f in dist.files or () if f.parts and f.parts[0] != "..")
+    root = _agent_cache_root()
+    target = root / f"{sys.implementation.cache_tag}-{digest.hexdigest()[:16]}"
+    if target.is_dir():
+        return str(target)
+    with open(root / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per cache, across processes
+        if target.is_dir():
+            return str(target)
+        building = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
+        try:
+            for top in sorted(tops):
+                source = Path(site) / top
+                if source.is_dir():
+                    shutil.copytree(source, building / top, symlinks=True, copy_function=_link_or_copy)
+                elif source.is_file():
+                    _link_or_copy(str(source), str(building / top))
+            for path in [building, *building.rglob("*")]:
+                if path.is_dir() and not path.is_symlink():
+                    os.chmod(path, 0o755)
+            os.rename(building, target)
+        except BaseException:
+            shutil.rmtree(building, ignore_errors=True)
+            raise
+    return str(target)
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """A hard link when the file is world-readable and on the same filesystem; else a readable copy."""
+    if os.stat(source).st_mode & stat.S_IROTH:
+        try:
+            os.link(source, target)
+            return
+        except OSError:
+            pass
+    shutil.copy2(source, target)
+    os.chmod(target, os.stat(target).st_mode | stat.S_IROTH | (stat.S_IXOTH if os.stat(target).st_mode & stat.S_IXUSR else 0))
 
 
 def _stage_data(data_dir: Path) -> str:

@@ -23,22 +23,7 @@ from engine.errors import UserError
 from engine.records import read_run
 from engine.spec import BenchSpec, RunSpec, SamplingConfig, VllmEngine
 
-
-def _sandbox_cannot_reach_the_venv() -> bool:
-    """Root runs the sandbox as a stranger uid, which cannot reach a venv under a private (0700) folder
-    such as `mktemp -d`: the harness refuses that in one line (engine/sandbox.py); these tests need
-    the venv in a readable place, as in a checkout under /work or /home."""
-    try:
-        sandbox._site_packages()
-    except UserError:
-        return True
-    return False
-
-
-pytestmark = [
-    pytest.mark.skipif(sandbox.shutil.which("bwrap") is None, reason="bubblewrap not installed"),
-    pytest.mark.skipif(_sandbox_cannot_reach_the_venv(), reason="the sandbox uid cannot read this venv (private folder)"),
-]
+pytestmark = pytest.mark.skipif(sandbox.shutil.which("bwrap") is None, reason="bubblewrap not installed")
 
 
 @pytest.fixture(scope="session")
@@ -280,3 +265,29 @@ def test_tiny_model_end_to_end_twice_gives_identical_trajectories(tiny_model, tm
 def msgspec_turn(turn):
     extra = {k: v for k, v in turn.extra.items() if k != "wall_s"}  # the sandbox's own timing varies
     return (turn.role, turn.tokens, turn.text, turn.exit_code, extra)
+
+
+def test_site_packages_are_staged_once_into_a_readable_cache(tmp_path, monkeypatch):
+    """A venv under a private folder: its pandas/pyarrow/numpy (and their run-time dependencies) are
+    staged into a world-readable cache, by content, once; a cache the sandbox uid cannot reach is a
+    one-line error naming the fix."""
+    import os
+    import tempfile
+
+    site = sandbox._site_packages.__wrapped__()
+    public = Path(tempfile.mkdtemp(dir="/tmp", prefix="dh-test-agent-cache-"))
+    try:
+        os.chmod(public, 0o755)
+        monkeypatch.setenv("DH_AGENT_CACHE", str(public / "cache"))
+        staged = Path(sandbox._staged_site_packages(site))
+        assert staged.parent == public / "cache" and sandbox._others_can(str(staged), 0o005)
+        assert {"pandas", "pyarrow", "numpy", "dateutil"} <= {p.name for p in staged.iterdir()}
+        assert sandbox._staged_site_packages(site) == str(staged)  # reused, not rebuilt
+        assert [p.name for p in staged.parent.iterdir() if p.name != ".lock"] == [staged.name]  # no leftovers
+    finally:
+        sandbox.shutil.rmtree(public)
+    if os.geteuid() == 0:  # only the root-run sandbox uid is a stranger to our private folders
+        os.chmod(tmp_path, 0o700)
+        monkeypatch.setenv("DH_AGENT_CACHE", str(tmp_path / "cache"))
+        with pytest.raises(UserError, match="set DH_AGENT_CACHE"):
+            sandbox._staged_site_packages(site)
