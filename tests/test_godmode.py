@@ -291,3 +291,63 @@ def test_site_packages_are_staged_once_into_a_readable_cache(tmp_path, monkeypat
         monkeypatch.setenv("DH_AGENT_CACHE", str(tmp_path / "cache"))
         with pytest.raises(UserError, match="set DH_AGENT_CACHE"):
             sandbox._staged_site_packages(site)
+
+
+# A tools-aware template in the shape of Qwen's: the tools go into the system turn as JSON.
+TOOLS_TEMPLATE = (
+    "{%- if tools %}<|im_start|>system\n{{ messages[0]['content'] }}\n# Tools\n<tools>\n"
+    "{%- for tool in tools %}{{ tool | tojson }}\n{%- endfor %}</tools>\n"
+    "For each function call, return a json object within <tool_call></tool_call> XML tags<|im_end|>\n"
+    "{%- for message in messages[1:] %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{%- endfor %}"
+    "{%- else %}{%- for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{%- endfor %}{%- endif %}{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}"
+)
+
+
+def test_tool_format_is_native_where_the_template_renders_tools_else_fenced(tiny_model, scenarios):
+    from engine.backends import load_tokenizer, render_chat, template_renders_tools
+    from engine.backends.openai_backend import chat_body, parse_chat_response
+    from engine.solvers import Session, bench_messages, bench_tools
+
+    item = godmode.load(scenarios)[0]
+    chatml = load_tokenizer(tiny_model)
+    assert not template_renders_tools(chatml)  # SmolLM2's ChatML template ignores tools=
+    tools, tool_format = bench_tools(godmode, chatml)
+    assert (tools, tool_format) == (None, "fenced")
+    fenced = chatml.decode(render_chat(chatml, bench_messages(godmode, item, False, tools), False, tools))
+    assert "```bash" in fenced and "<tools>" not in fenced
+
+    qwen_like = load_tokenizer(tiny_model)
+    qwen_like.chat_template = TOOLS_TEMPLATE
+    tools, tool_format = bench_tools(godmode, qwen_like)
+    assert tool_format == "native" and tools == godmode.TOOLS
+    native = qwen_like.decode(render_chat(qwen_like, bench_messages(godmode, item, False, tools), False, tools))
+    assert '"name": "bash"' in native and "<tool_call>" in native and "```bash" not in native
+    assert item.question in native
+
+    assert bench_tools(godmode, None) == (godmode.TOOLS, "native")  # an endpoint: the server's template renders them
+    from benches import arith
+
+    assert bench_tools(arith, chatml) == (None, None)  # a bench without tools: unchanged
+
+    # Every request of the episode carries the tools; the endpoint gets them as `tools=`.
+    session = Session(None, request_id="r", sampling=SamplingConfig(preset="greedy", temperature=0.0), think=False,
+                      max_tokens=8, seed=1, tools=tools)  # fmt: skip
+    captured = []
+
+    class Capture:
+        async def generate(self, request):
+            captured.append(request)
+            return GenResult(text="", token_ids=[], finish_reason="stop", prompt_tokens=1, completion_tokens=0)
+
+    session.backend = Capture()
+    asyncio.run(session.generate([{"role": "user", "content": "hi"}]))
+    body = chat_body(captured[0], "served", None)
+    assert body["tools"] == godmode.TOOLS
+    # A server with a tool-call parser returns the call apart from the content: read back as a <tool_call>.
+    answer = {
+        "choices": [{"finish_reason": "tool_calls", "message": {"content": "Let me look.", "tool_calls": [
+            {"type": "function", "function": {"name": "bash", "arguments": '{"command": "ls /data"}'}}]}}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 7},
+    }  # fmt: skip
+    assert godmode.parse_reply(parse_chat_response(answer).text) == ("command", "ls /data")
