@@ -471,10 +471,7 @@ def _agent_cache_root() -> Path:
 
 def _staged_site_packages(site: str) -> str:
     """A world-readable copy of what pandas/pyarrow/numpy need from `site`, made once per content
-    (the distributions' names, versions and RECORD hashes) under a lock, published by an atomic
-    rename and reused by every later run and process. Files are hard links where the filesystem
-    allows (instant, and the venv's files are already world-readable), copies otherwise."""
-    import fcntl
+    (the distributions' names, versions and RECORD hashes) and reused by every later run and process."""
     import hashlib
 
     dists = _agent_distributions(site)
@@ -483,22 +480,66 @@ def _staged_site_packages(site: str) -> str:
     for dist in dists:
         digest.update(f"{dist.metadata['Name']}=={dist.version}\n{dist.read_text('RECORD') or ''}\n".encode())
         tops.update(f.parts[0] for f in dist.files or () if f.parts and f.parts[0] != "..")
+    name = f"{sys.implementation.cache_tag}-{digest.hexdigest()[:16]}"
+    return _stage(name, [(Path(site) / top, top) for top in sorted(tops)])
+
+
+def _agent_interpreter() -> tuple[str, list[str]]:
+    """(python3 for agent shells, the bwrap mounts it needs): the harness's own interpreter, the one the
+    site-packages were built for, bound read-only at its own prefix. As root, when the sandbox uid
+    cannot reach it (a Python under /root, e.g. pyenv), a staged copy of its binary, shared library and
+    standard library is bound at that same path instead, so it finds its prefix exactly as outside."""
+    ours = os.path.realpath(sys._base_executable)  # type: ignore[attr-defined]
+    prefix = os.path.realpath(sys.base_prefix)
+    if prefix == "/usr" or prefix.startswith("/usr/"):
+        return ours, []  # /usr is bound already
+    if not ours.startswith(prefix + "/"):  # an unusual layout: the shared rule (maybe the system python3)
+        python, bind = _interpreter()
+        return python, [] if bind is None else ["--ro-bind", bind, bind]
+    if os.geteuid() != 0 or (_others_can(ours, stat.S_IXOTH) and _others_can(prefix, stat.S_IROTH | stat.S_IXOTH)):
+        return ours, ["--ro-bind", prefix, prefix]
+    return ours, ["--ro-bind", _staged_interpreter(ours, prefix), prefix]
+
+
+@functools.cache
+def _staged_interpreter(ours: str, prefix: str) -> str:
+    import hashlib
+
+    stdlib = Path(prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    entries = [(Path(ours), os.path.relpath(ours, prefix))]
+    entries += [(p, str(p.relative_to(prefix))) for p in sorted((Path(prefix) / "lib").glob("libpython*"))]
+    digest = hashlib.sha256(f"{sys.version}\n{ours}\n".encode())
+    for source, _ in entries:
+        digest.update(f"{source}:{source.stat().st_size}:{source.stat().st_mtime_ns}\n".encode())
+    entries.append((stdlib, str(stdlib.relative_to(prefix))))
+    name = f"{sys.implementation.cache_tag}-python-{digest.hexdigest()[:16]}"
+    # site-packages: the agent's come from _site_packages; test: 120 MB nobody imports.
+    return _stage(name, entries, ignore=shutil.ignore_patterns("site-packages", "test"))
+
+
+def _stage(name: str, entries: list[tuple[Path, str]], ignore=None) -> str:
+    """The cache folder `name` holding each (source, relative target) entry: built once under a lock,
+    published by an atomic rename, reused by every later run and process. Files are hard links where
+    the filesystem allows (instant; the sources are world-readable already), copies otherwise."""
+    import fcntl
+
     root = _agent_cache_root()
-    target = root / f"{sys.implementation.cache_tag}-{digest.hexdigest()[:16]}"
+    target = root / name
     if target.is_dir():
         return str(target)
     with open(root / ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per cache, across processes
         if target.is_dir():
             return str(target)
-        building = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
+        building = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
         try:
-            for top in sorted(tops):
-                source = Path(site) / top
+            for source, relative in entries:
+                destination = building / relative
+                destination.parent.mkdir(parents=True, exist_ok=True)
                 if source.is_dir():
-                    shutil.copytree(source, building / top, symlinks=True, copy_function=_link_or_copy)
+                    shutil.copytree(source, destination, symlinks=True, copy_function=_link_or_copy, ignore=ignore)
                 elif source.is_file():
-                    _link_or_copy(str(source), str(building / top))
+                    _link_or_copy(str(source), str(destination))
             for path in [building, *building.rglob("*")]:
                 if path.is_dir() and not path.is_symlink():
                     os.chmod(path, 0o755)
@@ -587,12 +628,12 @@ class AgentShell:
                 _agent_uids.put(self.uid)
 
     def _args(self, command: str, info_fd: int) -> list[str]:
-        python, prefix = _interpreter()
+        python, python_mounts = _agent_interpreter()
         lim = self.limits
-        args = _bwrap_args(prefix, Limits(tmpfs_mb=lim.tmpfs_mb), info_fd)
+        args = _bwrap_args(None, Limits(tmpfs_mb=lim.tmpfs_mb), info_fd)
         # Drop the trailing "--remount-ro / --chdir /tmp --info-fd N" to add our mounts before them.
         cut = args.index("--remount-ro")
-        args = args[:cut] + [
+        args = args[:cut] + python_mounts + [
             "--ro-bind", self._data, self.data_mount,
             "--ro-bind", self._site, SITE_MOUNT,
             "--bind", self.scratch, SCRATCH_MOUNT,
