@@ -254,7 +254,7 @@ sys.exit(main(sys.argv[2:]))
 
 
 @pytest.mark.heavy
-@pytest.mark.slow  # two engine starts and 4 episodes of <= 4 replies of the tiny model: ~6 min on 2 shared cores
+@pytest.mark.slow  # two engine starts and 4 episodes of <= 4 replies of the tiny model: 207 s on 2 shared cores
 def test_tiny_model_end_to_end_twice_gives_identical_trajectories(tiny_model, tmp_path):
     import os
     import subprocess

@@ -68,7 +68,7 @@ def test_agent_benches_take_no_other_benches(capsys):
 
 
 @pytest.mark.heavy
-@pytest.mark.slow  # two engine starts and 8 short episodes of the tiny model: about 2 minutes on 2 cores
+@pytest.mark.slow  # two engine starts and 8 short episodes of the tiny model: 173 s on 2 shared cores
 def test_tiny_model_trajectories_bs1_vs_batched_fp32(tiny_model, tmp_path):
     out = tmp_path / "det"
     proc = run_cli(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -94,8 +95,6 @@ def template_renders_tools(tokenizer) -> bool:
     template = getattr(tokenizer, "chat_template", None) or ""
     if isinstance(template, dict):  # several named templates: the default one renders chats
         template = template.get("default", "") or next(iter(template.values()), "")
-    import re
-
     return re.search(r"\btools\b", template) is not None
 
 
