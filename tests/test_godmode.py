@@ -334,7 +334,7 @@ def test_tool_format_is_native_where_the_template_renders_tools_else_fenced(tiny
     from engine.backends.openai_backend import chat_body, parse_chat_response
     from engine.solvers import Session, bench_messages, bench_tools
 
-    item = godmode.load(scenarios)[0]
+    item = scenario.load_items(scenarios / "godmode")[0]
     chatml = load_tokenizer(tiny_model)
     assert not template_renders_tools(chatml)  # SmolLM2's ChatML template ignores tools=
     tools, tool_format = bench_tools(godmode, chatml)
@@ -342,8 +342,8 @@ def test_tool_format_is_native_where_the_template_renders_tools_else_fenced(tiny
     fenced = chatml.decode(render_chat(chatml, bench_messages(godmode, item, False, tools), False, tools))
     assert "```bash" in fenced and "<tools>" not in fenced
 
-    qwen_like = load_tokenizer(tiny_model)
-    qwen_like.chat_template = TOOLS_TEMPLATE
+    qwen_like = chatml  # the same tokenizer, given a template that renders tools
+    chatml_template, qwen_like.chat_template = chatml.chat_template, TOOLS_TEMPLATE
     tools, tool_format = bench_tools(godmode, qwen_like)
     assert tool_format == "native" and tools == godmode.TOOLS
     native = qwen_like.decode(render_chat(qwen_like, bench_messages(godmode, item, False, tools), False, tools))
@@ -353,7 +353,8 @@ def test_tool_format_is_native_where_the_template_renders_tools_else_fenced(tiny
     assert bench_tools(godmode, None) == (godmode.TOOLS, "native")  # an endpoint: the server's template renders them
     from benches import arith
 
-    assert bench_tools(arith, chatml) == (None, None)  # a bench without tools: unchanged
+    assert bench_tools(arith, qwen_like) == (None, None)  # a bench without tools: unchanged
+    qwen_like.chat_template = chatml_template
 
     # Every request of the episode carries the tools; the endpoint gets them as `tools=`.
     session = Session(None, request_id="r", sampling=SamplingConfig(preset="greedy", temperature=0.0), think=False,
