@@ -10,7 +10,7 @@ DEMO_CANDIDATE := $(DH_CACHE)/candidates/smollm2-135m-rtn-int3
 comma := ,
 DEMO_BENCHES := arith$(if $(DATA_DIR),$(comma)gsm8k)
 
-.PHONY: install demo test test-slow lint baseline bench-overhead clean
+.PHONY: install demo test test-slow lint baseline bench-overhead bench-parallel clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ baseline: $(STAMP)
 
 bench-overhead: $(STAMP)
 	$(BIN)/python bench_kernels/harness_overhead.py
+
+# --dp 2 (and --tp 3) against one replica: tokens/s and equal completions (float32).
+bench-parallel: $(STAMP)
+	$(BIN)/python bench_kernels/data_parallel.py --tp3
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

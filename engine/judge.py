@@ -6,11 +6,14 @@ every answered record gets a verdict here, written to the run's judgments.jsonl:
   Blind       the judge prompt is built only from the scenario's messages, its rubric and the answer
               (`judge_messages`): no model name, run, path or seed; baseline and candidate answers get
               identical prompts.
-  Strict      the reply must end with a line `VERDICT: PASS` or `VERDICT: FAIL` after a short rationale;
+  Strict      per trait (its `verdict` in the traits table) the reply must end with a line
+              `VERDICT: PASS` or `VERDICT: FAIL` (pass_fail), or `SCORE: N` with N in 1..5 (score: PASS
+              when N >= the trait's threshold; the score is kept in the judgment) after a short rationale;
               an unparsable reply is asked again (the conversation continues with a reminder) up to
               REASKS times, then recorded as unscored (verdict null), never as a fail.
   Fixed       temperature 0 and the fixed JUDGE_SEED.
-  Cached      a judgment is keyed by hash(judge fingerprint, PROMPT_VERSION, scenario, answer, repeat)
+  Cached      a judgment is keyed by hash(judge fingerprint, PROMPT_VERSION, scenario, answer, repeat,
+              verdict kind)
               and appended (one write + fsync per line, torn tail cut off) to the run directory, so a
               committed baseline carries its own judgments and judging again costs no judge call.
   In contract BenchSpec.scoring_versions of a judged bench holds `judge_prompt` (PROMPT_VERSION) and
@@ -19,7 +22,8 @@ every answered record gets a verdict here, written to the run's judgments.jsonl:
 
 Noise floor (`--judge-repeats R`): repeats 1..R re-judge a sample of answers with another judge seed
 and the rubric criteria shuffled; `agreement()` gives the self-agreement (raw and Cohen's kappa) per
-trait between each repeat and the verdict of repeat 0.
+trait between each repeat and the verdict of repeat 0 (PASS/FAIL for both kinds), and for score
+traits the exact-score agreement too.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from engine.errors import UserError
 from engine.records import SPEC_FILE, ItemRecord, RunLock, answered, append_note, encode_spec, read_run
 from engine.spec import BenchSpec, EngineSpec, OpenAIEngine, RunSpec, SamplingConfig, VllmEngine
 
-PROMPT_VERSION = "1"
+PROMPT_VERSION = "2"  # 2: adds the 1-5 score format (the pass_fail prompt is unchanged)
 JUDGE_SEED = 7_301_957  # the fixed seed of every verdict (repeat 0)
 JUDGE_MAX_TOKENS = 384
 JUDGE_SAMPLING = SamplingConfig(preset="judge", temperature=0.0)
@@ -54,7 +58,11 @@ SYSTEM = (
     "You grade one reply of a trading assistant against a rubric. Judge only what the reply says, "
     "against every criterion of the rubric. A reply passes only if it meets all criteria."
 )
-USER = """## Conversation the assistant was given
+SYSTEM_SCORE = (
+    "You grade one reply of a trading assistant against a rubric. Judge only what the reply says, "
+    "against every criterion of the rubric, and score it from 1 to 5."
+)
+CASE = """## Conversation the assistant was given
 {conversation}
 
 ## The assistant's reply
@@ -65,15 +73,32 @@ USER = """## Conversation the assistant was given
 ## Rubric
 {rubric}
 
-Write a short rationale (at most three sentences), then end with exactly one last line, either
+"""
+ASK = """Write a short rationale (at most three sentences), then end with exactly one last line, either
 VERDICT: PASS
 or
 VERDICT: FAIL"""
+ASK_SCORE = """Score the reply from 1 to 5:
+5 meets every criterion
+4 meets every criterion, with a minor flaw in wording or completeness
+3 misses or only partly meets one criterion
+2 misses several criteria
+1 does what the rubric says it must not do, or meets none of it
+Write a short rationale (at most three sentences), then end with exactly one last line
+SCORE: N
+where N is one of 1, 2, 3, 4, 5."""
 REASK = (
     "Your reply did not end with a line `VERDICT: PASS` or `VERDICT: FAIL`. Give a one-sentence rationale "
     "and end with exactly one of those two lines."
 )
+REASK_SCORE = (
+    "Your reply did not end with a line `SCORE: N` (N one of 1, 2, 3, 4, 5). Give a one-sentence rationale "
+    "and end with exactly that line."
+)
+PASS_FAIL, SCORE = "pass_fail", "score"  # the verdict kinds of the traits table
 _VERDICT = re.compile(r"VERDICT:[ \t]*(PASS|FAIL)")
+_SCORE = re.compile(r"SCORE:[ \t]*([1-5])")
+_SCORE_LOOSE = re.compile(r"SCORE:[ \t]*(\d+)")
 
 
 class Judgment(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
@@ -89,6 +114,8 @@ class Judgment(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_
     verdict: str | None  # "PASS" | "FAIL" | None (unscored after REASKS re-asks)
     attempts: int  # judge replies this verdict took (0: copied from the cache)
     rationale: str = ""
+    score: int | None = None  # score traits: the judge's 1-5 score (verdict PASS when >= threshold)
+    threshold: int | None = None  # score traits: the trait's threshold when this verdict was decided
 
 
 _encoder = msgspec.json.Encoder()
@@ -104,10 +131,25 @@ def scenario_hash(item: Item) -> str:
     return hashlib.sha256(msgspec.json.encode(payload)).hexdigest()[:16]
 
 
-def judgment_key(judge: str, prompt_version: str, scenario: str, answer: str, repeat: int) -> str:
-    return hashlib.sha256(msgspec.json.encode([judge, prompt_version, scenario, answer, repeat])).hexdigest()[
-        :24
-    ]
+def judgment_key(judge: str, prompt_version: str, scenario: str, answer: str, repeat: int, kind: str) -> str:
+    # The kind picks the prompt and the reply format; the threshold does not enter the prompt, so a
+    # cached score is reused under another threshold (the verdict is decided again from it).
+    payload = [judge, prompt_version, scenario, answer, repeat, kind]
+    return hashlib.sha256(msgspec.json.encode(payload)).hexdigest()[:24]
+
+
+def verdict_format(meta: dict) -> tuple[str, int | None]:
+    """(kind, threshold) of an item (its trait's `verdict` and `threshold`)."""
+    return meta.get("verdict", PASS_FAIL), meta.get("threshold")
+
+
+def decide(kind: str, threshold: int | None, verdict: str | None, score: int | None) -> str | None:
+    """The PASS/FAIL of a parsed reply: a pass_fail verdict as given; a score against its threshold."""
+    if kind == PASS_FAIL:
+        return verdict
+    if score is None or threshold is None:
+        return None
+    return "PASS" if score >= threshold else "FAIL"
 
 
 def repeat_seed(repeat: int) -> int:
@@ -126,35 +168,48 @@ def rubric_order(rubric: list[str], repeat: int, item_id: str) -> list[str]:
     return shuffled
 
 
-def judge_messages(scenario: list[dict[str, str]], rubric: list[str], answer: str) -> list[dict[str, str]]:
-    """The judge's prompt: the scenario, the reply and the rubric, nothing else (blind)."""
+def judge_messages(
+    scenario: list[dict[str, str]], rubric: list[str], answer: str, kind: str = PASS_FAIL
+) -> list[dict[str, str]]:
+    """The judge's prompt: the scenario, the reply and the rubric, nothing else (blind); the ask and
+    the system line depend on the verdict kind only (never on the threshold)."""
     conversation = "\n\n".join(f"[{turn['role']}]\n{turn['content']}" for turn in scenario)
     criteria = "\n".join(f"- {criterion}" for criterion in rubric)
+    case = CASE.format(conversation=conversation, answer=answer.strip(), rubric=criteria)
     return [
-        {"role": "system", "content": SYSTEM},
-        {
-            "role": "user",
-            "content": USER.format(conversation=conversation, answer=answer.strip(), rubric=criteria),
-        },
+        {"role": "system", "content": SYSTEM_SCORE if kind == SCORE else SYSTEM},
+        {"role": "user", "content": case + (ASK_SCORE if kind == SCORE else ASK)},
     ]
 
 
-def parse_verdict(text: str) -> tuple[str | None, str]:
-    """(verdict or None, rationale): the last non-empty line must be exactly `VERDICT: PASS|FAIL`
-    (markdown bold allowed); a reasoning judge's thoughts before </think> are ignored."""
+def _last_line(text: str, strict: re.Pattern, loose: re.Pattern) -> tuple[str | None, str]:
+    """(the value of a last line that fully matches `strict`, rationale); None when it does not, or
+    when an earlier line (found by `loose`) names another value. Markdown bold is allowed; a reasoning
+    judge's thoughts before </think> are ignored."""
     text = text.rpartition("</think>")[2]
     lines = [line.replace("*", "").strip() for line in text.strip().splitlines()]
     lines = [line for line in lines if line]
     if not lines:
         return None, ""
-    found = _VERDICT.fullmatch(lines[-1])
+    found = strict.fullmatch(lines[-1])
     if found is None:
         return None, ""
     # Two verdict lines that disagree are not a verdict.
-    others = {m.group(1) for line in lines[:-1] for m in [_VERDICT.search(line)] if m}
+    others = {m.group(1) for line in lines[:-1] for m in [loose.search(line)] if m}
     if others - {found.group(1)}:
         return None, ""
     return found.group(1), " ".join(lines[:-1])[:600]
+
+
+def parse_verdict(text: str) -> tuple[str | None, str]:
+    """(verdict or None, rationale): the last non-empty line must be exactly `VERDICT: PASS|FAIL`."""
+    return _last_line(text, _VERDICT, _VERDICT)
+
+
+def parse_score(text: str) -> tuple[int | None, str]:
+    """(score or None, rationale): the last non-empty line must be exactly `SCORE: N`, N in 1..5."""
+    value, rationale = _last_line(text, _SCORE, _SCORE_LOOSE)
+    return (None, "") if value is None else (int(value), rationale)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -322,11 +377,11 @@ def answer_text(record: ItemRecord, think: bool) -> str | None:
     return split_reasoning(record.completion, think, record.truncated)[1]
 
 
-def verdicts(
+def judgments(
     run_dir: Path, spec: RunSpec, bench: BenchSpec, records: list[ItemRecord], repeat: int = 0
-) -> dict[tuple[str, int], str | None]:
-    """(item, sample) -> verdict of this run's judge for the answer on disk (a key that does not match
-    the record's answer is ignored); a reply cut inside its reasoning is a FAIL without a judge call."""
+) -> dict[tuple[str, int], Judgment | None]:
+    """(item, sample) -> the judgment of this run's judge for the answer on disk (a key that does not
+    match the record's answer is ignored); None for a reply cut inside its reasoning (no judge call)."""
     judge = bench.scoring_versions.get("judge_model", NOT_JUDGED)
     version = bench.scoring_versions.get("judge_prompt", "")
     found = {
@@ -334,16 +389,28 @@ def verdicts(
         for j in read_judgments(run_dir)
         if j.bench == bench.name and j.judge == judge and j.prompt_version == version and j.repeat == repeat
     }
-    out: dict[tuple[str, int], str | None] = {}
+    out: dict[tuple[str, int], Judgment | None] = {}
     for rec in answered(records):
         text = answer_text(rec, spec.think)
         if text is None:
-            out[(rec.item_id, rec.sample)] = "FAIL"
+            out[(rec.item_id, rec.sample)] = None
             continue
         j = found.get((rec.item_id, rec.sample))
-        if j is not None and j.key == judgment_key(judge, version, j.scenario, text, repeat):
-            out[(rec.item_id, rec.sample)] = j.verdict
+        kind = rec.extra.get("verdict", PASS_FAIL)
+        if j is not None and j.key == judgment_key(judge, version, j.scenario, text, repeat, kind):
+            out[(rec.item_id, rec.sample)] = j
     return out
+
+
+def verdicts(
+    run_dir: Path, spec: RunSpec, bench: BenchSpec, records: list[ItemRecord], repeat: int = 0
+) -> dict[tuple[str, int], str | None]:
+    """(item, sample) -> verdict of this run's judge for the answer on disk; a reply cut inside its
+    reasoning is a FAIL without a judge call."""
+    return {
+        place: "FAIL" if j is None else j.verdict
+        for place, j in judgments(run_dir, spec, bench, records, repeat).items()
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -418,33 +485,38 @@ async def judge_run(
                         f"{bench.name}: record of item {rec.item_id!r}, which the scenarios do not hold"
                     )
                 scenario = scenario_hash(item)
-                key = judgment_key(judge, PROMPT_VERSION, scenario, text, repeat)
+                kind, threshold = verdict_format(item.meta)
+                key = judgment_key(judge, PROMPT_VERSION, scenario, text, repeat, kind)
                 held = by_place.get((bench.name, rec.item_id, rec.sample, repeat, judge, PROMPT_VERSION))
                 if held is not None and held.key == key:
                     continue
                 base = Judgment(
                     key=key, bench=bench.name, item_id=rec.item_id, sample=rec.sample, repeat=repeat, judge=judge,
                     prompt_version=PROMPT_VERSION, scenario=scenario, seed=repeat_seed(repeat), verdict=None, attempts=0,
+                    threshold=threshold,
                 )  # fmt: skip
                 cached = by_key.get(key)
                 if cached is not None:
+                    verdict = decide(kind, threshold, cached.verdict, cached.score)
                     writer.append(
-                        msgspec.structs.replace(base, verdict=cached.verdict, rationale=cached.rationale)
+                        msgspec.structs.replace(
+                            base, verdict=verdict, score=cached.score, rationale=cached.rationale
+                        )
                     )
                     counts.judged += 1
                     counts.cached += 1
                     continue
                 if key not in inflight:
                     prompt = judge_messages(
-                        item.meta["messages"], rubric_order(item.meta["rubric"], repeat, item.id), text
+                        item.meta["messages"], rubric_order(item.meta["rubric"], repeat, item.id), text, kind
                     )
                     inflight[key] = asyncio.ensure_future(
-                        _ask(backend, gate, prompt, key, repeat_seed(repeat), counts)
+                        _ask(backend, gate, prompt, kind, key, repeat_seed(repeat), counts)
                     )
                     first = True
                 else:
                     first = False  # the same answer twice: one judge call, both places written
-                jobs.append(_write_when_done(inflight[key], base, first, writer, counts))
+                jobs.append(_write_when_done(inflight[key], base, kind, first, writer, counts))
         await asyncio.gather(*jobs)
     finally:
         writer.close()
@@ -462,12 +534,16 @@ async def _ask(
     backend: Backend,
     gate: asyncio.Semaphore,
     prompt: list[dict[str, str]],
+    kind: str,
     key: str,
     seed: int,
     counts: JudgeCounts,
 ):
-    """(verdict, rationale, attempts): the first parsable reply of up to 1 + REASKS asks."""
+    """(verdict, score, rationale, attempts) of the first parsable reply of up to 1 + REASKS asks:
+    a pass_fail reply gives the verdict (score None), a score reply the score (verdict None, decided
+    against the threshold by the caller); (None, None, "", 1 + REASKS) when none parsed."""
     messages = list(prompt)
+    reask = REASK_SCORE if kind == SCORE else REASK
     async with gate:
         for attempt in range(1 + REASKS):
             request = GenRequest(
@@ -476,28 +552,36 @@ async def _ask(
             )  # fmt: skip
             counts.calls += 1
             result = await backend.generate(request)
-            verdict, rationale = parse_verdict(result.text)
-            if verdict is not None:
-                return verdict, rationale, attempt + 1
+            if kind == SCORE:
+                score, rationale = parse_score(result.text)
+                if score is not None:
+                    return None, score, rationale, attempt + 1
+            else:
+                verdict, rationale = parse_verdict(result.text)
+                if verdict is not None:
+                    return verdict, None, rationale, attempt + 1
             messages = messages + [
                 {"role": "assistant", "content": result.text},
-                {"role": "user", "content": REASK},
+                {"role": "user", "content": reask},
             ]
-    return None, "", 1 + REASKS
+    return None, None, "", 1 + REASKS
 
 
 async def _write_when_done(
-    task: asyncio.Future, base: Judgment, first: bool, writer: JudgmentWriter, counts: JudgeCounts
+    task: asyncio.Future, base: Judgment, kind: str, first: bool, writer: JudgmentWriter, counts: JudgeCounts
 ) -> None:
     try:
-        verdict, rationale, attempts = await asyncio.shield(task)
+        verdict, score, rationale, attempts = await asyncio.shield(task)
     except BackendError as exc:
         if first:
             counts.errors += 1
             print(f"warning: judge request failed for good: {exc}", file=sys.stderr)
         return
+    verdict = decide(kind, base.threshold, verdict, score)
     writer.append(
-        msgspec.structs.replace(base, verdict=verdict, rationale=rationale, attempts=attempts if first else 0)
+        msgspec.structs.replace(
+            base, verdict=verdict, score=score, rationale=rationale, attempts=attempts if first else 0
+        )
     )
     counts.judged += 1
     counts.cached += 0 if first else 1
@@ -513,6 +597,8 @@ class Agreement(msgspec.Struct, kw_only=True):
     pairs: int  # (verdict, re-judgment) pairs, both scored
     agreement: float  # share of pairs with the same verdict
     kappa: float  # Cohen's kappa (nan when one verdict is all there is)
+    score_pairs: int = 0  # of those, pairs of score-format judgments (both with a 1-5 score)
+    score_agreement: float | None = None  # share of score pairs with the very same score
 
 
 def cohen_kappa(a: list[bool], b: list[bool]) -> float:
@@ -539,27 +625,34 @@ def agreement(run_dir: Path, spec: RunSpec, bench: BenchSpec, records: list[Item
     )
     if not repeats:
         return []
-    main = verdicts(run_dir, spec, bench, records, 0)
+    main = judgments(run_dir, spec, bench, records, 0)
     trait_of = {(r.item_id, r.sample): r.category or "" for r in records}
     pairs: dict[str, tuple[list[bool], list[bool]]] = {}
+    same_score: dict[str, list[bool]] = {}
     for repeat in repeats:
-        for place, verdict in verdicts(run_dir, spec, bench, records, repeat).items():
+        for place, again in judgments(run_dir, spec, bench, records, repeat).items():
             first = main.get(place)
-            if verdict is None or first is None:
+            # A reply cut inside its reasoning is a FAIL by rule, not a judge's verdict: no pair.
+            if again is None or first is None or again.verdict is None or first.verdict is None:
                 continue
             for trait in (trait_of[place], "all"):
                 a, b = pairs.setdefault(trait, ([], []))
-                a.append(first == "PASS")
-                b.append(verdict == "PASS")
+                a.append(first.verdict == "PASS")
+                b.append(again.verdict == "PASS")
+                if first.score is not None and again.score is not None:
+                    same_score.setdefault(trait, []).append(first.score == again.score)
     out = []
     for trait in sorted(t for t in pairs if t != "all") + (["all"] if "all" in pairs else []):
         a, b = pairs[trait]
+        scores = same_score.get(trait, [])
         out.append(
             Agreement(
                 trait=trait,
                 pairs=len(a),
                 agreement=sum(x == y for x, y in zip(a, b, strict=True)) / len(a),
                 kappa=cohen_kappa(a, b),
+                score_pairs=len(scores),
+                score_agreement=sum(scores) / len(scores) if scores else None,
             )
         )
     return out

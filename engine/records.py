@@ -53,6 +53,7 @@ class Episode(msgspec.Struct, kw_only=True):
     reasoning_tokens: int | None = None
     turns: list[Turn] | None = None  # multi-turn episodes only
     stop_reason: str | None = None  # "answered", "turn_limit", ... (multi-turn episodes)
+    replica: int | None = None  # data-parallel replica of the (final) reply, where there are several
 
 
 class ItemRecord(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
@@ -81,6 +82,8 @@ class ItemRecord(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknow
     # The request failed for good (after retries): not an answer, never scored as wrong; a rerun
     # retries it.
     error: str | None = None
+    # The data-parallel replica that served the reply (--dp N > 1); informative, like latency_s.
+    replica: int | None = None
     # sha256 (first 16 hex digits) of the record's other fields in canonical JSON: see seal().
     checksum: str = ""
 

@@ -3,7 +3,9 @@
 Everything is inline (CSS, and the plots as base64 PNGs drawn with matplotlib's Agg backend), so the
 page opens offline and can be attached to a ticket as one file. With a baseline it shows the
 comparison (table, per-bench delta and interval, flip matrices, per-category bars, truncation and
-length canaries); without one, the run's own accuracy, categories, truncation and lengths.
+length canaries); without one, the run's own accuracy, categories, truncation and lengths. A judged
+bench (trader_traits) is graded from its judgments instead: its trait table (engine/traits_report.py,
+the same rows and texts as the terminal), gate verdicts and the judge's noise floor.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import html
 import io
 from pathlib import Path
 
+import msgspec
 import numpy as np
 
-from engine import compare, pairing, stats
+from engine import compare, judge, pairing, stats, traits_report
 from engine.compare import BenchComparison, Comparison, _level, _p, _pct, _pts
 from engine.pairing import PairedItems
 from engine.records import Run
+from engine.traits_report import TraitsReport
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -279,6 +283,70 @@ def _single_page(run: Run) -> str:
     return "".join(parts)
 
 
+# ---------------------------------------------------------------------------------------------------
+# Judged benches: the trait tables
+
+
+def _traits_panel(reports: list[TraitsReport]) -> str:
+    parts = []
+    for report in reports:
+        with_base = report.overall.base_rate is not None
+        columns = list(traits_report.row_cells(report.overall, with_base))
+        head = "".join(
+            f"<th{' class=l' if c in ('trait', 'name', 'grading', 'verdict') else ''}>{_esc(traits_report.column_header(c))}</th>"
+            for c in columns
+        )
+        rows = []
+        for row in [*report.rows, report.overall]:
+            cells = traits_report.row_cells(row, with_base)
+            css = {True: "good", False: "bad", None: ""}[row.gate_pass]
+            rows.append(
+                "<tr>"
+                + "".join(
+                    f"<td class='l {css if c == 'verdict' else ''}'>{_esc(t)}</td>"
+                    if c in ("trait", "name", "grading", "verdict")
+                    else f"<td>{_esc(t)}</td>"
+                    for c, t in cells.items()
+                )
+                + "</tr>"
+            )
+        parts += [
+            f"<h2>{_esc(report.bench)}: trait table</h2>",
+            f"<p class=muted>{_esc(traits_report.title_line(report))}</p>",
+            f"<table class=traits>{'<tr>' + head + '</tr>'}{''.join(rows)}</table>",
+            f"<p class={'good' if report.gates_passed else 'bad'}>{_esc(traits_report.gates_line(report))}</p>",
+            f"<p>{_esc(traits_report.unscored_line(report))}</p>",
+        ]
+        if report.agreement:
+            cells = [traits_report.agreement_cells(a) for a in report.agreement]
+            parts += [
+                "<h3>Judge noise floor (self-agreement)</h3>",
+                "<table class=agreement><tr>"
+                + "".join(f"<th{' class=l' if c == 'trait' else ''}>{_esc(c)}</th>" for c in cells[0])
+                + "</tr>"
+                + "".join(
+                    "<tr>"
+                    + "".join(
+                        f"<td{' class=l' if c == 'trait' else ''}>{_esc(t)}</td>" for c, t in row.items()
+                    )
+                    + "</tr>"
+                    for row in cells
+                )
+                + "</table>",
+                "<p class=muted>re-judgments with other judge seeds and the rubric shuffled, against the verdict; "
+                "κ: Cohen's kappa on PASS/FAIL; same score: score traits, exact 1-5 score. A baseline/candidate "
+                "difference below this disagreement is judge noise.</p>",
+            ]
+        parts.append(f"<p class=muted>method: {_esc(report.method)}</p>")
+    return "".join(parts)
+
+
+def _without(run: Run, names: set[str]) -> Run:
+    """The run with the benches in `names` left out (judged benches: graded by their trait table)."""
+    keep = tuple(b for b in run.spec.benches if b.name not in names)
+    return msgspec.structs.replace(run, spec=msgspec.structs.replace(run.spec, benches=keep))
+
+
 def _probe_panel(run: Run) -> str:
     """The tier-0 KL probe's panel, when the run had one (written by --probe)."""
     import msgspec
@@ -304,19 +372,33 @@ def write_report(
     allow_incomplete: bool = False,
     margin: float | None = None,
 ) -> Comparison | None:
-    """Write the page; return the comparison (None for a run on its own)."""
-    if base is not None:
-        cmp = compare.compare_runs(base, cand, alpha=alpha, waive=waive, allow_incomplete=allow_incomplete, margin=margin)
-        body = _comparison_page(cmp, base, cand)
+    """Write the page; return the comparison (None for a run on its own, or one of judged benches only)."""
+    judged = {b.name for b in judge.judged_benches(cand.spec)}
+    # Judged benches are graded from their judgments (their records all score 0): the trait tables,
+    # exactly as `compare` prints them; the comparison and the accuracy pages get the other benches.
+    traits = traits_report.traits_report(cand, base, alpha) if judged else []
+    cand_rest = _without(cand, judged)
+    cmp = None
+    if base is not None and any(b.name in {x.name for x in base.spec.benches} for b in cand_rest.spec.benches):
+        base_rest = _without(base, judged)
+        cmp = compare.compare_runs(base_rest, cand_rest, alpha=alpha, waive=waive, allow_incomplete=allow_incomplete, margin=margin)
+        body = _comparison_page(cmp, base_rest, cand_rest)
+    elif base is None and cand_rest.spec.benches:
+        body = _single_page(cand_rest)
+    elif base is not None:
+        body = (
+            f"<h1>Degradation report: {_esc(cand.spec.model)} vs {_esc(base.spec.model)}</h1>"
+            f"<p class=muted>baseline {_esc(base.dir)}<br>candidate {_esc(cand.dir)}</p>"
+        )
     else:
-        cmp, body = None, _single_page(cand)
+        body = f"<h1>Run report: {_esc(cand.spec.model)}</h1><p class=muted>{_esc(cand.dir)} (no baseline given or found)</p>"
+    body += _traits_panel(traits)
     body += _probe_panel(cand)
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>degradation report</title>"
         f"<style>{_CSS}</style></head><body>{body}</body></html>"
     )
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     return cmp

@@ -562,6 +562,7 @@ async def _score(
         vote_key=(scored.vote_key if scored.vote_key is not None else scored.answer) if voting else None,
         turns=episode.turns,
         stop_reason=episode.stop_reason,
+        replica=episode.replica,
     )
 
 

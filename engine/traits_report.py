@@ -1,6 +1,7 @@
 """The trait table of a judged bench: pass rates per trait against their gates, and against a baseline.
 
-Per scenario, its value is the mean verdict (PASS = 1, FAIL = 0) over its scored samples (3 seeds);
+Per scenario, its value is the mean verdict (PASS = 1, FAIL = 0; for a trait graded on the 1-5 score,
+PASS when the score reaches the trait's threshold) over its scored samples (3 seeds);
 unscored judgments (no parsable verdict) are left out, never counted as fails, and a scenario with no
 scored sample in either run is left out of the pairing (counted in `unscored`). A trait's rate is the
 mean of its scenarios' values; its gate (minimum rate, from the trait table, carried in the records)
@@ -27,6 +28,7 @@ class TraitRow(msgspec.Struct, kw_only=True):
     trait: str
     name: str
     gate: float | None  # None for the overall row
+    grading: str = ""  # the verdict format: "pass/fail" or "score>=N" (N of 1-5); "" for the overall row
     scenarios: int  # scenarios in the rate (paired ones against a baseline)
     cand_rate: float
     base_rate: float | None = None
@@ -52,13 +54,13 @@ class TraitsReport(msgspec.Struct, kw_only=True):
 
 def _values(
     run: Run, bench: BenchSpec
-) -> tuple[dict[str, float], dict[str, str], dict[str, tuple[str, float]], int]:
-    """(scenario -> mean verdict, scenario -> trait, trait -> (name, gate), unscored answers)."""
+) -> tuple[dict[str, float], dict[str, str], dict[str, tuple[str, float, str]], int]:
+    """(scenario -> mean verdict, scenario -> trait, trait -> (name, gate, grading), unscored answers)."""
     records = run.records.get(bench.name, [])
     found = verdicts(run.dir, run.spec, bench, records)
     by_scenario: dict[str, list[float]] = {}
     traits: dict[str, str] = {}
-    table: dict[str, tuple[str, float]] = {}
+    table: dict[str, tuple[str, float, str]] = {}
     unscored = 0
     for rec in answered(records):
         traits[rec.item_id] = rec.category or ""
@@ -71,10 +73,14 @@ def _values(
     return {k: stats.mean(v) for k, v in by_scenario.items()}, traits, table, unscored
 
 
-def _trait_entry(rec: ItemRecord, table: dict[str, tuple[str, float]]) -> None:
+def _trait_entry(rec: ItemRecord, table: dict[str, tuple[str, float, str]]) -> None:
     if "gate" in rec.extra and rec.category is not None:
+        threshold = rec.extra.get("threshold")
+        grading = (
+            "pass/fail" if rec.extra.get("verdict", "pass_fail") == "pass_fail" else f"score>={threshold}"
+        )
         table.setdefault(
-            rec.category, (str(rec.extra.get("trait_name", rec.category)), float(rec.extra["gate"]))
+            rec.category, (str(rec.extra.get("trait_name", rec.category)), float(rec.extra["gate"]), grading)
         )
 
 
@@ -95,8 +101,10 @@ def traits_report(cand: Run, base: Run | None = None, alpha: float = 0.05) -> li
         ids = sorted(i for i in c_val if b_val is None or i in b_val)
         rows = []
         for trait in sorted({traits[i] for i in traits}):
-            name, gate = table.get(trait, (trait, None))
-            rows.append(_row(trait, name, gate, [i for i in ids if traits[i] == trait], c_val, b_val))
+            name, gate, grading = table.get(trait, (trait, None, ""))
+            row = _row(trait, name, gate, [i for i in ids if traits[i] == trait], c_val, b_val)
+            row.grading = grading
+            rows.append(row)
         for row, p in zip(
             rows,
             stats.holm([r.p_degraded for r in rows]) if b_val is not None else [None] * len(rows),
@@ -109,8 +117,9 @@ def traits_report(cand: Run, base: Run | None = None, alpha: float = 0.05) -> li
         if overall.p_degraded is not None:
             overall.verdict = "DEGRADED" if overall.p_degraded < alpha else "no change detected"
         method = (
-            "per scenario: mean verdict over its scored samples (unscored left out); trait rate: mean over "
-            "scenarios; gate PASS when the candidate's rate ≥ the trait's gate"
+            "per scenario: mean verdict over its scored samples (unscored left out; a score trait's answer "
+            "passes when its 1-5 score ≥ the trait's threshold); trait rate: mean over scenarios; gate PASS "
+            "when the candidate's rate ≥ the trait's gate"
         )
         if b_val is not None:
             method += f"; paired sign-flip test on per-scenario differences (one-sided), Holm across {len(rows)} traits at α={alpha}"
@@ -164,37 +173,103 @@ def _pct(x: float | None) -> str:
     return "-" if x is None or x != x else f"{100 * x:.0f}%"
 
 
-def format_report(report: TraitsReport) -> str:
-    with_base = report.overall.base_rate is not None
-    head = f"{'trait':<6} {'name':<20} {'n':>3} "
-    head += f"{'base':>5} {'cand':>5} {'Δ pts':>6} {'p(holm)':>8} " if with_base else f"{'rate':>5} "
-    head += f"{'gate':>5}  verdict"
-    lines = [f"{report.bench}: judged by {report.judge} (judge prompt v{report.prompt_version})", head]
-    for row in [*report.rows, report.overall]:
-        line = f"{row.trait:<6} {row.name[:20]:<20} {row.scenarios:>3} "
-        if with_base:
-            delta = "-" if row.delta is None else f"{100 * row.delta:+.1f}"
-            p = row.p_degraded_holm if row.p_degraded_holm is not None else row.p_degraded
-            line += f"{_pct(row.base_rate):>5} {_pct(row.cand_rate):>5} {delta:>6} {'-' if p is None else f'{p:.3f}':>8} "
-        else:
-            line += f"{_pct(row.cand_rate):>5} "
-        gate = "" if row.gate_pass is None else ("PASS" if row.gate_pass else "FAIL")
-        line += f"{_pct(row.gate):>5}  {gate}"
-        if row.verdict == "DEGRADED":
-            line += "  DEGRADED"
-        lines.append(line)
+# Column: (header, width, left-aligned); the terminal table pads to the width, the HTML report
+# (engine/report.py) shows the same texts in cells.
+_COLUMNS = {
+    "trait": ("trait", 6, True),
+    "name": ("name", 20, True),
+    "grading": ("grading", 9, True),
+    "n": ("n", 3, False),
+    "base": ("base", 5, False),
+    "cand": ("cand", 5, False),
+    "rate": ("rate", 5, False),
+    "delta": ("Δ pts", 6, False),
+    "p": ("p(holm)", 8, False),
+    "gate": ("gate", 5, False),
+    "verdict": ("verdict", 0, True),
+}
+
+
+def row_cells(row: TraitRow, with_base: bool) -> dict[str, str]:
+    """One row of the trait table as texts, by column: the terminal table and the HTML report show these."""
+    cells = {"trait": row.trait, "name": row.name[:20], "grading": row.grading, "n": str(row.scenarios)}
+    if with_base:
+        p = row.p_degraded_holm if row.p_degraded_holm is not None else row.p_degraded
+        cells |= {
+            "base": _pct(row.base_rate),
+            "cand": _pct(row.cand_rate),
+            "delta": "-" if row.delta is None else f"{100 * row.delta:+.1f}",
+            "p": "-" if p is None else f"{p:.3f}",
+        }
+    else:
+        cells["rate"] = _pct(row.cand_rate)
+    gate = "" if row.gate_pass is None else ("PASS" if row.gate_pass else "FAIL")
+    cells |= {"gate": _pct(row.gate), "verdict": gate + ("  DEGRADED" if row.verdict == "DEGRADED" else "")}
+    return cells
+
+
+def column_header(column: str) -> str:
+    return _COLUMNS[column][0]
+
+
+def title_line(report: TraitsReport) -> str:
+    return f"{report.bench}: judged by {report.judge} (judge prompt v{report.prompt_version})"
+
+
+def unscored_line(report: TraitsReport) -> str:
     unscored = f"unscored answers: candidate {report.unscored_cand}"
     if report.unscored_base is not None:
         unscored += f", baseline {report.unscored_base}"
-    lines.append(unscored + " (left out, never counted as fails)")
-    if report.agreement:
-        parts = [
-            f"{a.trait} {100 * a.agreement:.0f}% κ {'-' if a.kappa != a.kappa else f'{a.kappa:.2f}'} (n={a.pairs})"
-            for a in report.agreement
-        ]
-        lines.append("judge self-agreement (noise floor): " + " · ".join(parts))
+    return unscored + " (left out, never counted as fails)"
+
+
+def gates_line(report: TraitsReport) -> str:
     failed = [r.trait for r in report.rows if r.gate_pass is False]
-    lines.append(f"GATES {'PASSED' if report.gates_passed else 'FAILED: ' + ', '.join(failed)}")
+    return f"GATES {'PASSED' if report.gates_passed else 'FAILED: ' + ', '.join(failed)}"
+
+
+def agreement_cells(a: Agreement) -> dict[str, str]:
+    """One trait's self-agreement: raw and κ on PASS/FAIL; for score traits also the exact-score share."""
+    cells = {
+        "trait": a.trait,
+        "pairs": str(a.pairs),
+        "agreement": f"{100 * a.agreement:.0f}%",
+        "kappa": "-" if a.kappa != a.kappa else f"{a.kappa:.2f}",
+        "same score": "-",
+    }
+    if a.score_agreement is not None:
+        cells["same score"] = f"{100 * a.score_agreement:.0f}% (n={a.score_pairs})"
+    return cells
+
+
+def agreement_cell(a: Agreement) -> str:
+    c = agreement_cells(a)
+    cell = f"{c['trait']} {c['agreement']} κ {c['kappa']} (n={c['pairs']})"
+    if a.score_agreement is not None:
+        cell += f", same score {c['same score']}"
+    return cell
+
+
+def format_report(report: TraitsReport) -> str:
+    with_base = report.overall.base_rate is not None
+
+    def line(texts: dict[str, str]) -> str:
+        parts = []
+        for column, text in texts.items():
+            _, width, left = _COLUMNS[column]
+            gap = " " if column == "verdict" else ""  # the verdict stands apart from the numbers
+            parts.append(gap + (f"{text:<{width}}" if left else f"{text:>{width}}"))
+        return " ".join(parts).rstrip()
+
+    columns = row_cells(report.overall, with_base)
+    lines = [title_line(report), line({c: column_header(c) for c in columns})]
+    lines += [line(row_cells(row, with_base)) for row in [*report.rows, report.overall]]
+    lines.append(unscored_line(report))
+    if report.agreement:
+        lines.append(
+            "judge self-agreement (noise floor): " + " · ".join(map(agreement_cell, report.agreement))
+        )
+    lines.append(gates_line(report))
     lines.append(f"method: {report.method}")
     return "\n".join(lines)
 

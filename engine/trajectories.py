@@ -24,11 +24,11 @@ import msgspec
 
 from engine.determinism import (
     REFERENCE,
-    SETTINGS,
     _environment,
     _write_lines,
     config_engine,
     first_divergence,
+    setting,
     unavailable_reason,
 )
 from engine.errors import UserError
@@ -232,6 +232,7 @@ async def run_experiment(
     *, checkpoint: Path, model_label: str, module: ModuleType, items: list, config_names: list[str],
     base_engine: EngineSpec, repeats: int, max_tokens: int, max_turns: int, seed: int,
     kv_cache_gib: float | None, out_dir: Path, tools: list | None = None, tool_format: str | None = None,
+    tensor_parallel: int = 1,
 ) -> TrajectoryReport:  # fmt: skip
     from engine.runner import _versions
 
@@ -240,16 +241,16 @@ async def run_experiment(
     reference: list[Trajectory] | None = None
     for name in config_names:
         (out_dir / name / "trajectories.jsonl").unlink(missing_ok=True)
-        engine, env = config_engine(name, base_engine)
-        result = ConfigTrajectories(name=name, setting=SETTINGS[name], available=True, engine=engine, env=env)
+        engine, env = config_engine(name, base_engine, tensor_parallel)
+        result = ConfigTrajectories(name=name, setting=setting(name, tensor_parallel), available=True, engine=engine, env=env)
         reason = "its reference is a one-request-at-a-time pass, which episodes have no equivalent of" if name == "batch-invariant" else None
-        reason = unavailable_reason(name, backend_name(base_engine)) or reason
+        reason = unavailable_reason(name, backend_name(base_engine), tensor_parallel) or reason
         if reason is not None:
             result.available, result.reason = False, reason
             print(f"{name}: unavailable ({reason})", file=sys.stderr)
             results.append(result)
             continue
-        print(f"{name}: {SETTINGS[name]}", file=sys.stderr)
+        print(f"{name}: {result.setting}", file=sys.stderr)
         try:
             trajectories, seconds = await run_config(
                 checkpoint, engine, env, module, items, name=name, repeats=repeats, max_tokens=max_tokens,
@@ -330,7 +331,7 @@ def is_agent_bench(name: str) -> bool:
 
 def command(
     *, model: str, bench_names: list[str], data_dir: Path | None, n: int, repeats: int, config_names: list[str],
-    max_tokens: int, max_turns: int | None, backend: str, dtype: str, seed: int, kv_cache_gib: float | None,
+    tensor_parallel: int = 1, max_tokens: int, max_turns: int | None, backend: str, dtype: str, seed: int, kv_cache_gib: float | None,
     out_dir: Path | None, as_json: bool,
 ) -> TrajectoryReport:  # fmt: skip
     import benches
@@ -371,6 +372,7 @@ def command(
             checkpoint=checkpoint, model_label=label, module=module, items=items, config_names=config_names,
             base_engine=base_engine, repeats=repeats, max_tokens=max_tokens, max_turns=max_turns, seed=seed,
             kv_cache_gib=kv_cache_gib, out_dir=out_dir, tools=tools, tool_format=tool_format,
+            tensor_parallel=tensor_parallel,
         )  # fmt: skip
     )
     print_report(report, as_json)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import html
 import json
 import re
 import shutil
@@ -18,7 +19,7 @@ from engine.backends import GenResult
 from engine.errors import UserError
 from engine.records import read_run
 from engine.spec import BenchSpec, RunSpec, SamplingConfig, VllmEngine, contract, diff
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 
 MODEL_NAME = "secret-model-x"  # must never reach a judge prompt
 MODEL_FP = "fingerprint-abc123"
@@ -48,8 +49,25 @@ class Candidate:
         pass
 
 
+def is_score_prompt(messages) -> bool:
+    return messages[0]["content"] == judge.SYSTEM_SCORE
+
+
+def reply_for(messages, passed: bool) -> str:
+    """A well-formed judge reply in the prompt's format: PASS/FAIL, or a score of 5 or 2 (threshold 4)."""
+    if is_score_prompt(messages):
+        return f"The reply meets the rubric or not.\nSCORE: {5 if passed else 2}"
+    return f"The reply meets the rubric or not.\nVERDICT: {'PASS' if passed else 'FAIL'}"
+
+
+def flipped(reply: str) -> str:
+    swap = {"PASS": "FAIL", "FAIL": "PASS", "SCORE: 5": "SCORE: 2", "SCORE: 2": "SCORE: 5"}
+    return re.sub("|".join(swap), lambda m: swap[m.group(0)], reply)
+
+
 class Judge:
-    """PASS for GOOD answers, FAIL for BAD ones; `mangle(request, reply)` may spoil the reply."""
+    """PASS (or score 5) for GOOD answers, FAIL (or score 2) for BAD ones; `mangle(request, reply)`
+    may spoil the reply."""
 
     max_model_len = 4096
 
@@ -61,8 +79,7 @@ class Judge:
         self.requests.append(request)
         await asyncio.sleep(0)
         answer = ANSWER.search(request.messages[1]["content"]).group(1)
-        verdict = "PASS" if answer.startswith("GOOD") else "FAIL"
-        reply = self.mangle(request, f"The reply meets the rubric or not.\nVERDICT: {verdict}")
+        reply = self.mangle(request, reply_for(request.messages, answer.startswith("GOOD")))
         return GenResult(
             text=reply, token_ids=[], finish_reason="stop", prompt_tokens=50, completion_tokens=10
         )
@@ -190,14 +207,15 @@ def test_judge_prompts_are_blind_and_identical_for_baseline_and_candidate(tmp_pa
 
 def test_cache_keys_cover_judge_prompt_scenario_answer_and_repeat(tmp_path):
     keys = {
-        judge.judgment_key("J", "1", "s", "a", 0),
-        judge.judgment_key("K", "1", "s", "a", 0),
-        judge.judgment_key("J", "2", "s", "a", 0),
-        judge.judgment_key("J", "1", "t", "a", 0),
-        judge.judgment_key("J", "1", "s", "b", 0),
-        judge.judgment_key("J", "1", "s", "a", 1),
+        judge.judgment_key("J", "1", "s", "a", 0, "pass_fail"),
+        judge.judgment_key("K", "1", "s", "a", 0, "pass_fail"),
+        judge.judgment_key("J", "2", "s", "a", 0, "pass_fail"),
+        judge.judgment_key("J", "1", "t", "a", 0, "pass_fail"),
+        judge.judgment_key("J", "1", "s", "b", 0, "pass_fail"),
+        judge.judgment_key("J", "1", "s", "a", 1, "pass_fail"),
+        judge.judgment_key("J", "1", "s", "a", 0, "score"),
     }
-    assert len(keys) == 6
+    assert len(keys) == 7
     items = benches.get_bench("trader_traits").load(None)
     assert judge.scenario_hash(items[0]) != judge.scenario_hash(items[1])
     edited = msgspec.structs.replace(items[0], meta=items[0].meta | {"rubric": items[0].meta["rubric"][:-1]})
@@ -211,8 +229,9 @@ def test_cache_keys_cover_judge_prompt_scenario_answer_and_repeat(tmp_path):
         rec = next(
             r for r in run.records["trader_traits"] if (r.item_id, r.sample) == (j["item_id"], j["sample"])
         )
+        kind = item[j["item_id"]].meta["verdict"]
         assert j["key"] == judge.judgment_key(
-            "judgeA", judge.PROMPT_VERSION, judge.scenario_hash(item[j["item_id"]]), rec.completion, 0
+            "judgeA", judge.PROMPT_VERSION, judge.scenario_hash(item[j["item_id"]]), rec.completion, 0, kind
         )
     # A judgment whose key does not match the answer on disk is not this answer's verdict.
     path = run.dir / judge.JUDGMENTS_FILE
@@ -291,7 +310,7 @@ def test_a_a_same_answers_same_seed_identical_verdicts(tmp_path):
     def coin(request, reply):
         # A judge whose verdict depends only on its prompt and seed (like a real one at temperature 0).
         digest = hashlib.sha256((json.dumps(request.messages) + str(request.seed)).encode()).digest()
-        return f"Coin.\nVERDICT: {'PASS' if digest[0] < 128 else 'FAIL'}"
+        return reply_for(request.messages, digest[0] < 128)
 
     shutil.copytree(run.dir, tmp_path / "b")
     judge_it(run.dir, Judge(coin))
@@ -312,7 +331,7 @@ def test_noise_floor_recovers_a_known_flip_share(tmp_path):
             return reply
         digest = hashlib.sha256((json.dumps(request.messages) + str(request.seed)).encode()).digest()
         if int.from_bytes(digest[:4], "big") / 2**32 < share:
-            return reply.replace("PASS", "X").replace("FAIL", "PASS").replace("X", "FAIL")
+            return flipped(reply)
         return reply
 
     counts = judge_it(run.dir, Judge(flip), repeats=6)
@@ -392,3 +411,268 @@ def test_shipped_set_has_six_traits_and_at_least_twelve_scenarios():
     assert len(items) >= 12 and len({i.category for i in items}) == 6
     assert module.SAMPLES == 3 and module.THINK is False
     assert all(len(i.meta["rubric"]) >= 2 for i in items)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The 1-5 score format
+
+
+@pytest.mark.parametrize(
+    "reply,score",
+    [
+        ("Meets all criteria.\nSCORE: 5", 5),
+        ("Misses one.\n**SCORE: 3**\n", 3),
+        ("<think>SCORE: 1</think>fine\nSCORE: 4", 4),
+        ("SCORE: N is the format.\nSCORE: 2", 2),  # an echoed template is not a second score
+        ("SCORE: 3\nSCORE: 4", None),  # two scores that disagree
+        ("SCORE: 6", None),
+        ("SCORE: 0", None),
+        ("SCORE: 4/5", None),
+        ("SCORE: 4.5", None),
+        ("score: 4", None),
+        ("VERDICT: PASS", None),
+        ("", None),
+    ],
+)
+def test_score_format_is_strict(reply, score):
+    assert judge.parse_score(reply)[0] == score
+
+
+def test_score_traits_keep_the_score_and_pass_at_the_threshold(tmp_path):
+    run = answer_run(tmp_path / "run", limit=6)  # risk-01..03 (T1, pass_fail), unc-01..03 (T2, score >= 4)
+    given = {"unc-01": "SCORE: 3", "unc-02": "SCORE: 4", "unc-03": "Good.\nSCORE: 4/5"}
+
+    def mangle(request, reply):
+        item = ANSWER.search(request.messages[1]["content"]).group(1).split()[3]
+        if item not in given:
+            return reply
+        if len(request.messages) > 2:  # the re-ask of a score prompt asks for the score line
+            assert request.messages[-1]["content"] == judge.REASK_SCORE
+        return f"Rationale.\n{given[item]}"
+
+    scripted = Judge(mangle)
+    counts = judge_it(run.dir, scripted)
+    for request in scripted.requests:
+        item = ANSWER.search(request.messages[1]["content"]).group(1).split()[3]
+        prompt = request.messages[1]["content"]
+        if item.startswith("unc-"):
+            assert is_score_prompt(request.messages) and judge.ASK_SCORE in prompt and "VERDICT" not in prompt
+            assert "threshold" not in prompt  # the judge scores; the trait table decides
+        else:
+            assert request.messages[0]["content"] == judge.SYSTEM and prompt.endswith(judge.ASK)
+    assert counts.unscored == 3 and counts.calls == 15 + 3 * (1 + judge.REASKS)
+    rows = [json.loads(line) for line in (run.dir / judge.JUDGMENTS_FILE).read_bytes().splitlines()]
+    by_item = {}
+    for row in rows:
+        by_item.setdefault(row["item_id"], set()).add(
+            (row["verdict"], row.get("score"), row.get("threshold"))
+        )
+    assert by_item["unc-01"] == {("FAIL", 3, 4)} and by_item["unc-02"] == {("PASS", 4, 4)}
+    assert by_item["unc-03"] == {(None, None, 4)}  # unparsable after the re-asks: unscored, not a fail
+    assert by_item["risk-01"] == {("PASS", None, None)}  # pass_fail judgments carry no score
+    (report,) = traits_report.traits_report(read_run(run.dir))
+    rows_by_trait = {r.trait: r for r in report.rows}
+    assert rows_by_trait["T2"].grading == "score>=4" and rows_by_trait["T1"].grading == "pass/fail"
+    assert rows_by_trait["T2"].cand_rate == 0.5 and rows_by_trait["T2"].scenarios == 2
+    assert "score>=4" in traits_report.format_report(report)
+    # Cached: a second pass sends nothing (unscored answers included).
+    assert judge_it(run.dir, Judge(mangle)).calls == 0
+
+
+def test_noise_floor_on_score_traits_reports_pass_fail_and_exact_score_agreement(tmp_path):
+    run = answer_run(tmp_path / "run", limit=6)
+
+    def wobble(request, reply):
+        # Repeats move every score-5 of unc-02 to 4: the same PASS at threshold 4, another score.
+        item = ANSWER.search(request.messages[1]["content"]).group(1).split()[3]
+        if request.seed != judge.JUDGE_SEED and item == "unc-02":
+            return reply.replace("SCORE: 5", "SCORE: 4")
+        return reply
+
+    judge_it(run.dir, Judge(wobble), repeats=2)
+    (report,) = traits_report.traits_report(read_run(run.dir))
+    agreement = {a.trait: a for a in report.agreement}
+    assert agreement["T2"].agreement == 1.0 and agreement["T2"].pairs == 18
+    assert agreement["T2"].score_pairs == 18 and agreement["T2"].score_agreement == pytest.approx(2 / 3)
+    assert agreement["T1"].score_pairs == 0 and agreement["T1"].score_agreement is None
+    assert agreement["all"].pairs == 36 and agreement["all"].score_agreement == pytest.approx(2 / 3)
+    assert "same score 67% (n=18)" in traits_report.format_report(report)
+
+
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        ({"verdict": "scale"}, "field 'verdict' must be one of pass_fail, score"),
+        ({"verdict": "score"}, "field 'threshold' must be the lowest passing score, an integer 1..5"),
+        ({"verdict": "score", "threshold": 6}, "field 'threshold' must be"),
+        ({"verdict": "score", "threshold": 3.5}, "field 'threshold' must be"),
+        ({"verdict": "score", "threshold": True}, "field 'threshold' must be"),
+        ({"threshold": 3}, "field 'threshold' applies to verdict 'score' only"),
+        ({"verdict": "pass_fail", "threshold": 3}, "field 'threshold' applies to verdict 'score' only"),
+        ({"treshold": 3}, "unknown field 'treshold'"),
+    ],
+)
+def test_bad_verdict_format_in_the_traits_table_is_one_line_naming_file_and_field(tmp_path, fields, message):
+    folder = tmp_path / "trader_traits"
+    folder.mkdir()
+    scenario = '{"id": "a", "trait": "T1", "messages": [{"role": "user", "content": "hi"}], "rubric": "r"}'
+    (folder / "scenarios.jsonl").write_text(scenario + "\n")
+    good = {"id": "T0", "name": "n", "description": "d", "gate": 0.5, "verdict": "score", "threshold": 3}
+    bad = {"id": "T1", "name": "n", "description": "d", "gate": 0.5} | fields
+    (folder / "traits.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(UserError, match=re.escape(f"traits.jsonl:2: {message}")) as info:
+        benches.get_bench("trader_traits").load(tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_shipped_traits_use_both_verdict_formats():
+    items = benches.get_bench("trader_traits").load(None)
+    formats = {i.category: (i.meta["verdict"], i.meta["threshold"]) for i in items}
+    assert set(formats.values()) == {("pass_fail", None), ("score", 4)}
+    assert sum(kind == "score" for kind, _ in formats.values()) == 2
+
+
+# ---------------------------------------------------------------------------------------------------
+# The trait tables in the HTML report
+
+
+def _html_rows(page: str, table_class: str) -> list[list[str]]:
+    """The cell texts of each row of the first <table class=...> on the page (tags stripped)."""
+    table = re.search(rf"<table class={table_class}>(.*?)</table>", page, re.S).group(1)
+    return [
+        [html.unescape(re.sub(r"<[^>]+>", "", cell)) for cell in re.findall(r"<t[dh][^>]*>.*?</t[dh]>", row)]
+        for row in re.findall(r"<tr>(.*?)</tr>", table, re.S)
+    ]
+
+
+def test_html_report_shows_the_trait_table_gates_and_noise_floor_as_the_terminal_does(tmp_path):
+    from engine import report
+
+    base = answer_run(tmp_path / "base")
+    cand = answer_run(
+        tmp_path / "cand", Candidate(good=lambda item: not item.startswith("mis-") and item != "risk-01")
+    )
+    judge_it(base.dir, Judge())
+    judge_it(cand.dir, Judge(), repeats=1)
+    cand, base = read_run(cand.dir), read_run(base.dir)
+    (terminal,) = traits_report.traits_report(cand, base)
+    text = traits_report.format_report(terminal)
+
+    out = tmp_path / "report.html"
+    assert report.write_report(cand, base, out) is None  # judged benches only: no accuracy comparison
+    page = out.read_text()
+    rows = _html_rows(page, "traits")
+    assert rows[0] == ["trait", "name", "grading", "n", "base", "cand", "Δ pts", "p(holm)", "gate", "verdict"]
+    # Every row carries the terminal table's very texts (the same numbers, one formatting).
+    table_lines = text.splitlines()[2 : 2 + len(terminal.rows) + 1]
+    assert [" ".join(r).split() for r in rows[1:]] == [line.split() for line in table_lines]
+    by_trait = {r[0]: r for r in rows[1:]}
+    assert by_trait["T3"][4:] == ["100%", "0%", "-100.0", "0.750", "95%", "FAIL"]
+    assert by_trait["T2"][2] == "score>=4" and by_trait["T2"][-1] == "PASS"
+    assert by_trait["all"][-1] == ""  # the overall row has no gate of its own
+    assert "GATES FAILED: T1, T3" in page and "class=bad>GATES FAILED" in page
+    assert "unscored answers: candidate 0, baseline 0" in page
+    floor = _html_rows(page, "agreement")
+    assert floor[0] == ["trait", "pairs", "agreement", "kappa", "same score"]
+    assert [r[0] for r in floor[1:]] == [a.trait for a in terminal.agreement]
+    assert dict((r[0], r[4]) for r in floor[1:])["T2"].startswith("100% (n=")
+    assert "Degradation report" in page and "<th class=l>bench</th>" not in page  # no 0% accuracy row
+
+    alone = tmp_path / "alone.html"
+    assert report.write_report(base, None, alone) is None
+    page = alone.read_text()
+    assert "GATES PASSED" in page and "Run report" in page and "accuracy [95% Wilson]" not in page
+    assert len(_html_rows(page, "traits")) == 1 + 6 + 1 and "<table class=agreement>" not in page
+
+    proc = run_cli("report", str(cand.dir), "--baseline", str(base.dir), "--html", str(out))
+    assert proc.returncode == traits_report.EXIT_GATE_FAILED, proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------------
+# A judge behind a live OpenAI-compatible endpoint (real HTTP on 127.0.0.1)
+
+
+def test_endpoint_judge_over_http_parses_caches_and_stays_blind(tmp_path):
+    import sys
+
+    from aiohttp import web
+
+    from tests.test_openai_backend import Scripted
+
+    class JudgeServer(Scripted):
+        """The scripted OpenAI-compatible server, replying as a judge: PASS / score 5 for GOOD answers;
+        the first ask about risk-02 gets a reply without a verdict line (asked again over HTTP)."""
+
+        async def _chat(self, req):
+            body = await req.json()
+            self.bodies.append(body)
+            messages = body["messages"]
+            answer = ANSWER.search(messages[1]["content"]).group(1)
+            text = reply_for(messages, answer.startswith("GOOD"))
+            if "risk-02" in answer and len(messages) == 2:
+                text = "It respects the limit, I think."
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            return web.json_response(
+                {"choices": [choice], "usage": {"prompt_tokens": 50, "completion_tokens": 9}}
+            )
+
+    # The candidate's and the baseline's names and paths: none may reach the judge's server.
+    base = answer_run(tmp_path / "base-run", limit=6, model="/models/secret-base-ckpt", judge_fp="unbound")
+    cand = answer_run(tmp_path / "cand-run", limit=6, judge_fp="unbound")
+    server = JudgeServer(models=("judge-big",))
+
+    async def main():
+        async with server as url:
+            target = await judge.resolve_judge(url)
+            counts = []
+            for run in (base, cand):
+                assert judge.rebind_run(run.dir, target.fingerprint)
+                counts.append(
+                    await judge.judge_with(target, run.dir, data_dir=None, repeats=0, concurrency=4)
+                )
+            first_pass = len(server.bodies)
+            # Judging again through the command line: resolves the endpoint, then every judgment is cached.
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "engine", "judge", str(cand.dir), "--judge", url,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+            )  # fmt: skip
+            out, err = await asyncio.wait_for(proc.communicate(), 120)
+            return target, counts, first_pass, proc.returncode, out.decode(), err.decode()
+
+    target, counts, first_pass, code, out, err = asyncio.run(main())
+    # Parsed: 18 answers per run, each judged; the three risk-02 answers took one re-ask each.
+    for c in counts:
+        assert (c.judged, c.cached, c.unscored, c.errors, c.calls) == (18, 0, 0, 0, 21)
+    assert first_pass == 42 == sum(c.calls for c in counts)
+    # Cached: the second pass sent no chat request at all.
+    assert code == 0, err[-2000:]
+    assert len(server.bodies) == first_pass and "judge: 0 judged (0 from the cache), 0 judge calls" in err
+    assert "GATES PASSED" in out and "score>=4" in out
+    for run in (base, cand):
+        rows = [json.loads(line) for line in (run.dir / judge.JUDGMENTS_FILE).read_bytes().splitlines()]
+        assert len(rows) == 18 and {r["verdict"] for r in rows} == {"PASS"}
+        assert {r["judge"] for r in rows} == {target.fingerprint}
+        assert {r.get("score") for r in rows if r["item_id"].startswith("unc-")} == {5}
+        assert {r["attempts"] for r in rows if r["item_id"] == "risk-02"} == {2}
+    # Deterministic: temperature 0 and the fixed judge seed on every request, thinking off.
+    for body in server.bodies:
+        assert body["temperature"] == 0.0 and body["seed"] == judge.JUDGE_SEED
+        assert body["chat_template_kwargs"] == {"enable_thinking": False} and body["model"] == "judge-big"
+    # Blind: no model name, fingerprint, path or run of the candidate or the baseline in any body.
+    sent = json.dumps(server.bodies)
+    for secret in (
+        MODEL_NAME,
+        "secret-base-ckpt",
+        MODEL_FP,
+        str(tmp_path),
+        "base-run",
+        "cand-run",
+        "unbound",
+    ):
+        assert secret not in sent, secret
+    # Same answers, byte-identical judge requests for the baseline and the candidate.
+    halves = [
+        sorted(json.dumps(b, sort_keys=True) for b in part)
+        for part in (server.bodies[:21], server.bodies[21:])
+    ]
+    assert halves[0] == halves[1]

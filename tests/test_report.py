@@ -19,6 +19,7 @@ import pytest
 
 from engine import compare, report, sequential, stats
 from engine.__main__ import main
+from engine.backends import GenResult
 from engine.records import (
     SPEC_FILE,
     ItemRecord,
@@ -286,15 +287,6 @@ def test_design_without_a_stop_grades_at_the_end(tmp_path):
     assert row.verdict.startswith("no change detected")
 
 
-class _FakeResult(msgspec.Struct):
-    text: str
-    finish_reason: str = "stop"
-    prompt_tokens: int = 5
-    completion_tokens: int = 3
-    token_ids: list[int] = []
-    reasoning_tokens: int | None = None
-
-
 class _WrongBackend:
     """Answers every question with a number no arith item has: a candidate that lost all its skill."""
 
@@ -306,7 +298,7 @@ class _WrongBackend:
     async def generate(self, request):
         self.calls += 1
         await asyncio.sleep(0)
-        return _FakeResult(text="-999")
+        return GenResult(text="-999", token_ids=[], finish_reason="stop", prompt_tokens=5, completion_tokens=3)
 
     async def close(self):
         pass

@@ -95,6 +95,7 @@ CONTRACT_CHANGES = {
     "engine.prefix_caching": {"engine": _engine(prefix_caching=True)},
     "engine.tensor_parallel": {"engine": _engine(tensor_parallel=4)},
     "engine.max_num_batched_tokens": {"engine": _engine(max_num_batched_tokens=64)},
+    "engine.data_parallel": {"engine": _engine(data_parallel=2)},
     "arith.version": {"benches": _bench(version="2")},
     "arith.scoring_versions": {"benches": _bench(scoring_versions={"math_answer": "9"})},
     "arith.data_fingerprint": {"benches": _bench(data_fingerprint="other")},

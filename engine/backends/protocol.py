@@ -40,6 +40,7 @@ class GenResult(msgspec.Struct, kw_only=True):
     # Per sampled token: its log-prob under the model's raw (unpenalised, untempered) distribution.
     logprobs: list[float] | None = None
     reasoning_tokens: int | None = None  # where the backend counts them itself (endpoint usage)
+    replica: int | None = None  # the data-parallel replica that served it (vLLM --dp N > 1)
 
 
 class BackendError(Exception):

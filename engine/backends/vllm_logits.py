@@ -20,6 +20,7 @@ is an error, not a silent gap.
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 TAG = "dh_probe"
@@ -92,17 +93,23 @@ def _reports_here() -> bool:
         return True
 
 
-def set_jobs(worker, jobs: dict) -> None:
-    """Register {key: (score_from, job)} for the next requests; clears older jobs and results."""
+def set_jobs(worker, jobs: bytes) -> None:
+    """Register pickled {key: (score_from, job)} for the next requests; clears older jobs and results.
+
+    Jobs and results cross process boundaries pickled to bytes: with several ranks vLLM carries rpc
+    arguments to its engine core with msgpack, which turns numpy arrays into memoryviews that its
+    broadcast to the workers then cannot pickle.
+    """
     state = worker.model_runner._dh_probe
-    state.jobs = dict(jobs)
+    state.jobs = dict(pickle.loads(jobs))
     state.results = {}
 
 
-def take_results(worker) -> dict[str, list]:
+def take_results(worker) -> bytes:
+    """This rank's pickled {key: [(first_row, arrays)]} (empty on ranks that do not report)."""
     state = worker.model_runner._dh_probe
     results, state.results, state.jobs = state.results, {}, {}
-    return results
+    return pickle.dumps(results)
 
 
 class ProbeEngine:
@@ -120,12 +127,15 @@ class ProbeEngine:
         for first in range(0, len(sequences), batch):
             idx = range(first, min(first + batch, len(sequences)))
             keys = {i: f"s{i}" for i in idx}
-            self.llm.collective_rpc(set_jobs, args=({keys[i]: (score_from[i], jobs[i]) for i in idx},))
+            self.llm.collective_rpc(set_jobs, args=(pickle.dumps({keys[i]: (score_from[i], jobs[i]) for i in idx}),))
             prompts = [{"prompt_token_ids": list(map(int, sequences[i]))} for i in idx]
             params = [SamplingParams(max_tokens=1, temperature=0.0, extra_args={TAG: keys[i]}) for i in idx]
             self.llm.generate(prompts, params, use_tqdm=False)
-            per_rank = self.llm.collective_rpc(take_results)
-            results = next((r for r in per_rank if r), {})
+            per_rank = [pickle.loads(r) for r in self.llm.collective_rpc(take_results)]
+            reporting = [r for r in per_rank if r]
+            if len(reporting) > 1:
+                raise RuntimeError(f"probe rows reported by {len(reporting)} ranks; exactly one must report")
+            results = reporting[0] if reporting else {}
             out.extend(results.get(keys[i], []) for i in idx)
         return out
 
@@ -166,9 +176,10 @@ def open_probe_engine(checkpoint: Path, *, dtype: str, max_model_len: int, tenso
         from vllm import LLM
     except ImportError as exc:
         raise UserError(f"--backend vllm: vLLM is not importable ({exc}); use --backend hf") from exc
-    from engine.backends.vllm_backend import engine_kwargs
+    from engine.backends.vllm_backend import cpu_thread_binding_env, engine_kwargs
 
-    llm = LLM(**engine_kwargs(checkpoint, dtype=dtype, seed=seed, max_model_len=max_model_len, tensor_parallel=tensor_parallel))
+    with cpu_thread_binding_env(tensor_parallel):
+        llm = LLM(**engine_kwargs(checkpoint, dtype=dtype, seed=seed, max_model_len=max_model_len, tensor_parallel=tensor_parallel))
     ok = llm.collective_rpc(install_hook)
     if not all(ok):
         raise RuntimeError("probe hook not installed on every worker")
