@@ -631,7 +631,7 @@ def cmd_data(argv: list[str]) -> int:
 
 
 def cmd_determinism(argv: list[str]) -> int:
-    from engine import determinism
+    from engine import determinism, trajectories
     from engine.sampling import resolve_sampling
 
     p = argparse.ArgumentParser(
@@ -660,11 +660,24 @@ def cmd_determinism(argv: list[str]) -> int:
     p.add_argument("--kv-cache-gib", type=float, default=None, help="KV cache size (vllm)")
     p.add_argument("--out", type=Path, default=None, help="records dir (default runs/determinism-<model>-...)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--max-turns", type=int, default=None, help="agent benches: replies per episode (default the bench's)")
     args = p.parse_args(argv)
     for flag in ("n", "repeats", "max_tokens", "tp"):
         checks.at_least_one("--" + flag.replace("_", "-"), getattr(args, flag))
     checks.writable_dir("--out", args.out)
     configs = args.configs if args.configs is not None else ",".join(determinism.default_configs(args.tp))
+    bench_names = [b.strip() for b in args.benches.split(",") if b.strip()]
+    if args.prompts is None and any(trajectories.is_agent_bench(b) for b in bench_names):
+        # Agent benches (godmode): whole episodes are compared, turn by turn, not single completions.
+        if args.max_turns is not None:
+            checks.at_least_one("--max-turns", args.max_turns)
+        trajectories.command(
+            model=args.model, bench_names=bench_names, data_dir=args.data_dir, n=args.n, repeats=args.repeats,
+            config_names=[c.strip() for c in configs.split(",") if c.strip()], tensor_parallel=args.tp,
+            max_tokens=args.max_tokens, max_turns=args.max_turns, backend=args.backend, dtype=args.dtype,
+            seed=args.seed, kv_cache_gib=args.kv_cache_gib, out_dir=args.out, as_json=args.json,
+        )  # fmt: skip
+        return EXIT_OK
     determinism.command(
         model=args.model,
         bench_names=[b.strip() for b in args.benches.split(",") if b.strip()],

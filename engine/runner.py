@@ -33,7 +33,7 @@ from engine.records import (
     refuse_symlinks,
     write_manifest,
 )
-from engine.solvers import Session, solver_of
+from engine.solvers import Session, bench_messages, bench_tools, solver_of
 from engine.spec import (
     BenchSpec,
     EngineSpec,
@@ -56,6 +56,7 @@ class BenchPlan(msgspec.Struct, kw_only=True):
     prompts: dict[str, list[int]]
     max_tokens: int
     samples: int
+    tools: list[dict] | None = None  # native tool calls (solvers.bench_tools): sent with every request
 
 
 class RunPlan(msgspec.Struct, kw_only=True):
@@ -140,13 +141,21 @@ def plan_run(
             items = items[:limit]
         cap = max_tokens or module.MAX_TOKENS[think]
         bench_samples = getattr(module, "SAMPLES", samples)
-        prompts = {it.id: render_chat(tokenizer, module.messages(it, think), think) for it in items} if tokenizer else {}
-        plans[module.NAME] = BenchPlan(module=module, items=items, prompts=prompts, max_tokens=cap, samples=bench_samples)
+        tools, tool_format = bench_tools(module, tokenizer)
+        prompts = (
+            {it.id: render_chat(tokenizer, bench_messages(module, it, think, tools), think, tools) for it in items}
+            if tokenizer
+            else {}
+        )
+        plans[module.NAME] = BenchPlan(
+            module=module, items=items, prompts=prompts, max_tokens=cap, samples=bench_samples, tools=tools
+        )
         specs.append(
             BenchSpec(
                 name=module.NAME,
                 version=module.VERSION,
-                scoring_versions=dict(getattr(module, "SCORING_VERSIONS", {})),
+                scoring_versions=dict(getattr(module, "SCORING_VERSIONS", {}))
+                | ({"tool_format": tool_format} if tool_format else {}),
                 data_fingerprint=bench_registry.data_fingerprint(all_items),
                 n_items=len(items),
                 items_fingerprint=bench_registry.items_fingerprint(items),
@@ -370,6 +379,7 @@ async def _run_benches(
                 max_tokens=bench.max_tokens,
                 seed=seed,
                 planned_prompt_ids=bench.prompts.get(item.id),
+                tools=bench.tools,
             )
             t0 = time.monotonic()
             try:
@@ -509,7 +519,7 @@ async def calibrate(plan: RunPlan, backend: Backend, concurrency: int, n: int = 
             session = Session(
                 backend, request_id=f"calibrate-{item.id}", sampling=spec.sampling, think=spec.think,
                 max_tokens=bench.max_tokens, seed=sample_seed(spec.seed, name, item.id, 0),
-                planned_prompt_ids=bench.prompts.get(item.id),
+                planned_prompt_ids=bench.prompts.get(item.id), tools=bench.tools,
             )  # fmt: skip
             episode = await solver_of(bench.module)(item, session)
             return episode.completion_tokens

@@ -353,8 +353,8 @@ def run_many(sources: Iterable[str], limits: Limits = Limits(), *, workers: int 
 # SCRATCH_MOUNT, the working directory) and its own unprivileged uid (as root: AGENT_UID_BASE + n), so
 # the files one command writes are the next one's, the process limit counts one episode's processes
 # only, and two episodes never see each other's scratch. The data is a read-only copy bound at the
-# episode's data mount; python3 finds pandas/pyarrow/numpy in the harness's own site-packages, bound
-# read-only at SITE_MOUNT.
+# episode's data mount; python3 finds pandas/pyarrow/numpy in the harness's own site-packages (or its
+# staged copy, see _site_packages), bound read-only at SITE_MOUNT.
 
 AGENT_UID_BASE = 64100
 AGENT_UIDS = 256  # episodes with a shell open at once
@@ -405,8 +405,13 @@ _staged: dict[tuple[str, str], str] = {}  # (data dir, content key) -> world-rea
 _agent_probe: dict[str, str | None] = {}
 
 
+@functools.cache
 def _site_packages() -> str:
-    """The site-packages dir that holds pandas (and, checked, pyarrow and numpy) for python3 inside."""
+    """The site-packages dir that holds pandas (and, checked, pyarrow and numpy) for python3 inside.
+
+    As root the sandbox uid must reach it by path (bwrap resolves bind sources as that uid): a venv
+    under a private folder (a checkout in `mktemp -d`) is staged into a world-readable cache instead.
+    """
     import importlib.util
 
     found = {}
@@ -419,8 +424,142 @@ def _site_packages() -> str:
         raise UserError(f"the agent sandbox needs pandas, pyarrow and numpy in one site-packages dir (found {found})")
     site = next(iter(found.values()))
     if os.geteuid() == 0 and not _others_can(site, stat.S_IROTH | stat.S_IXOTH):
-        raise UserError(f"the sandbox runs as an unprivileged uid, which cannot read {site}; install the harness outside /root")
+        return _staged_site_packages(site)
     return site
+
+
+def _agent_distributions(site: str) -> list:
+    """The installed distributions pandas, pyarrow and numpy need at run time (their requirement
+    closure, markers evaluated for this interpreter, no extras), all found in `site`."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+
+    seen: dict[str, importlib.metadata.Distribution] = {}
+    todo = list(AGENT_PACKAGES)
+    while todo:
+        name = todo.pop().lower().replace("_", "-")
+        if name in seen:
+            continue
+        try:
+            dist = next(iter(importlib.metadata.distributions(name=name, path=[site])))
+        except StopIteration:
+            if name in AGENT_PACKAGES:
+                raise UserError(f"the agent sandbox needs {name} in {site}: pip install {name}") from None
+            continue  # an optional dependency not installed: the package itself runs without it
+        seen[name] = dist
+        for line in dist.requires or ():
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+    return sorted(seen.values(), key=lambda d: d.metadata["Name"].lower())
+
+
+def _agent_cache_root() -> Path:
+    """Where staged site-packages live: $DH_AGENT_CACHE, else /var/cache/degradation-harness/agent-site
+    (every parent searchable by the sandbox uid)."""
+    root = Path(os.environ.get("DH_AGENT_CACHE") or "/var/cache/degradation-harness/agent-site")
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o755)
+    if not _others_can(str(root), stat.S_IROTH | stat.S_IXOTH):
+        raise UserError(
+            f"the sandbox uid cannot reach the agent cache {root} (a private parent folder): "
+            f"set DH_AGENT_CACHE to a folder under a world-searchable path such as /var/cache"
+        )
+    return root
+
+
+def _staged_site_packages(site: str) -> str:
+    """A world-readable copy of what pandas/pyarrow/numpy need from `site`, made once per content
+    (the distributions' names, versions and RECORD hashes) and reused by every later run and process."""
+    import hashlib
+
+    dists = _agent_distributions(site)
+    digest = hashlib.sha256(f"{sys.implementation.cache_tag}\n".encode())
+    tops: set[str] = set()
+    for dist in dists:
+        digest.update(f"{dist.metadata['Name']}=={dist.version}\n{dist.read_text('RECORD') or ''}\n".encode())
+        tops.update(f.parts[0] for f in dist.files or () if f.parts and f.parts[0] != "..")
+    name = f"{sys.implementation.cache_tag}-{digest.hexdigest()[:16]}"
+    return _stage(name, [(Path(site) / top, top) for top in sorted(tops)])
+
+
+def _agent_interpreter() -> tuple[str, list[str]]:
+    """(python3 for agent shells, the bwrap mounts it needs): the harness's own interpreter, the one the
+    site-packages were built for, bound read-only at its own prefix. As root, when the sandbox uid
+    cannot reach it (a Python under /root, e.g. pyenv), a staged copy of its binary, shared library and
+    standard library is bound at that same path instead, so it finds its prefix exactly as outside."""
+    ours = os.path.realpath(sys._base_executable)  # type: ignore[attr-defined]
+    prefix = os.path.realpath(sys.base_prefix)
+    if prefix == "/usr" or prefix.startswith("/usr/"):
+        return ours, []  # /usr is bound already
+    if not ours.startswith(prefix + "/"):  # an unusual layout: the shared rule (maybe the system python3)
+        python, bind = _interpreter()
+        return python, [] if bind is None else ["--ro-bind", bind, bind]
+    if os.geteuid() != 0 or (_others_can(ours, stat.S_IXOTH) and _others_can(prefix, stat.S_IROTH | stat.S_IXOTH)):
+        return ours, ["--ro-bind", prefix, prefix]
+    return ours, ["--ro-bind", _staged_interpreter(ours, prefix), prefix]
+
+
+@functools.cache
+def _staged_interpreter(ours: str, prefix: str) -> str:
+    import hashlib
+
+    stdlib = Path(prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    entries = [(Path(ours), os.path.relpath(ours, prefix))]
+    entries += [(p, str(p.relative_to(prefix))) for p in sorted((Path(prefix) / "lib").glob("libpython*"))]
+    digest = hashlib.sha256(f"{sys.version}\n{ours}\n".encode())
+    for source, _ in entries:
+        digest.update(f"{source}:{source.stat().st_size}:{source.stat().st_mtime_ns}\n".encode())
+    entries.append((stdlib, str(stdlib.relative_to(prefix))))
+    name = f"{sys.implementation.cache_tag}-python-{digest.hexdigest()[:16]}"
+    # site-packages: the agent's come from _site_packages; test: 120 MB nobody imports.
+    return _stage(name, entries, ignore=shutil.ignore_patterns("site-packages", "test"))
+
+
+def _stage(name: str, entries: list[tuple[Path, str]], ignore=None) -> str:
+    """The cache folder `name` holding each (source, relative target) entry: built once under a lock,
+    published by an atomic rename, reused by every later run and process. Files are hard links where
+    the filesystem allows (instant; the sources are world-readable already), copies otherwise."""
+    import fcntl
+
+    root = _agent_cache_root()
+    target = root / name
+    if target.is_dir():
+        return str(target)
+    with open(root / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per cache, across processes
+        if target.is_dir():
+            return str(target)
+        building = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+        try:
+            for source, relative in entries:
+                destination = building / relative
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                if source.is_dir():
+                    shutil.copytree(source, destination, symlinks=True, copy_function=_link_or_copy, ignore=ignore)
+                elif source.is_file():
+                    _link_or_copy(str(source), str(destination))
+            for path in [building, *building.rglob("*")]:
+                if path.is_dir() and not path.is_symlink():
+                    os.chmod(path, 0o755)
+            os.rename(building, target)
+        except BaseException:
+            shutil.rmtree(building, ignore_errors=True)
+            raise
+    return str(target)
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """A hard link when the file is world-readable and on the same filesystem; else a readable copy."""
+    if os.stat(source).st_mode & stat.S_IROTH:
+        try:
+            os.link(source, target)
+            return
+        except OSError:
+            pass
+    shutil.copy2(source, target)
+    os.chmod(target, os.stat(target).st_mode | stat.S_IROTH | (stat.S_IXOTH if os.stat(target).st_mode & stat.S_IXUSR else 0))
 
 
 def _stage_data(data_dir: Path) -> str:
@@ -489,12 +628,12 @@ class AgentShell:
                 _agent_uids.put(self.uid)
 
     def _args(self, command: str, info_fd: int) -> list[str]:
-        python, prefix = _interpreter()
+        python, python_mounts = _agent_interpreter()
         lim = self.limits
-        args = _bwrap_args(prefix, Limits(tmpfs_mb=lim.tmpfs_mb), info_fd)
+        args = _bwrap_args(None, Limits(tmpfs_mb=lim.tmpfs_mb), info_fd)
         # Drop the trailing "--remount-ro / --chdir /tmp --info-fd N" to add our mounts before them.
         cut = args.index("--remount-ro")
-        args = args[:cut] + [
+        args = args[:cut] + python_mounts + [
             "--ro-bind", self._data, self.data_mount,
             "--ro-bind", self._site, SITE_MOUNT,
             "--bind", self.scratch, SCRATCH_MOUNT,

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from engine.backends import Backend, GenRequest, GenResult, messages_hash, prompt_hash
+from engine.backends import Backend, GenRequest, GenResult, messages_hash, prompt_hash, template_renders_tools
 from engine.records import Episode
 from engine.spec import SamplingConfig
 
@@ -42,6 +42,7 @@ class Session:
         seed: int,
         planned_prompt_ids: list[int] | None = None,
         sandbox: Any = None,
+        tools: list[dict[str, Any]] | None = None,
     ):
         self.backend = backend
         self.request_id = request_id
@@ -52,6 +53,7 @@ class Session:
         # The first prompt as the planner rendered it (in-process backends): sent as token ids.
         self.planned_prompt_ids = planned_prompt_ids
         self.sandbox = sandbox  # for tool-using benches
+        self.tools = tools  # native tool calls: sent with every request (see bench_tools)
         self.turn = 0
         self.first_prompt_hash: str | None = None
 
@@ -72,6 +74,7 @@ class Session:
             max_tokens=overrides.pop("max_tokens", self.max_tokens),
             seed=overrides.pop("seed", turn_seed(self.seed, self.turn)),
             logprobs=overrides.pop("logprobs", False),
+            tools=self.tools,
         )
         if overrides:
             raise TypeError(f"Session.generate: unknown override(s) {', '.join(sorted(overrides))}")
@@ -81,7 +84,30 @@ class Session:
         return await self.backend.generate(request)
 
 
-__all__ = ["Episode", "Session", "Solver", "one_shot", "solver_of", "turn_seed"]
+def bench_tools(module: ModuleType, tokenizer) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """(tools to send with every request, tool format) of a bench that declares TOOLS; (None, None) else.
+
+    "native" where the model's chat template renders `tools=` (Qwen's does) or an endpoint's server
+    renders them (no tokenizer here: its template is the server's); "fenced" where the template would
+    drop them: the bench then describes its tool in the prompt and the model replies with a fenced block.
+    The format is part of the bench's contract (BenchSpec.scoring_versions["tool_format"]).
+    """
+    tools = getattr(module, "TOOLS", None)
+    if not tools:
+        return None, None
+    if tokenizer is None or template_renders_tools(tokenizer):
+        return list(tools), "native"
+    return None, "fenced"
+
+
+def bench_messages(module: ModuleType, item: Any, think: bool, tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The first turn's messages; a tool-using bench words its prompt for the tool format."""
+    if getattr(module, "TOOLS", None):
+        return module.messages(item, think, tools=tools)
+    return module.messages(item, think)
+
+
+__all__ = ["Episode", "Session", "Solver", "bench_messages", "bench_tools", "one_shot", "solver_of", "turn_seed"]
 
 Solver = Callable[[Any, Session], Awaitable[Episode]]
 

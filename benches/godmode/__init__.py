@@ -1,19 +1,20 @@
 """godmode: the model answers market-data questions by running bash in a sandbox, up to 30 turns.
 
-Per question the model gets a system prompt (the task, the scenario's description, the `bash` tool) and
-the question with its conventions. Each reply either calls the tool, in Qwen's native format
+Per question the model gets a system prompt (the task, the scenario's description) and the question with
+its conventions. The one tool, `bash(command)`, is a native tool call where the model's chat template
+renders `tools=` (Qwen's does: the template describes the tool and the model replies
 
     <tool_call>
     {"name": "bash", "arguments": {"command": "ls /data"}}
     </tool_call>
 
-or as one fenced ```bash block (models without a tool format), or ends with a line `ANSWER: ...`.
-A command runs in the episode's sandbox (engine/sandbox.py AgentShell: the scenario's files read-only at
-/data, a scratch dir kept for the episode, python3 with pandas/pyarrow/numpy, no network, limits per
-command); its output goes back as a user turn wrapped in <tool_response> tags, which is byte for byte
-what Qwen's chat template renders for a `tool` message, and works with any template and any endpoint.
-The tool description in the system prompt is the text Qwen's template renders for `tools=`; sending it
-ourselves keeps the prompt one function of the bench (part of VERSION) instead of the server's template.
+), else the system prompt describes it and the model replies with one fenced ```bash block; which one is
+the run's tool format, a contract field (engine/solvers.py bench_tools). The parser reads both, and a
+reply that ends with a line `ANSWER: ...` ends the episode. A command runs in the episode's sandbox
+(engine/sandbox.py AgentShell: the scenario's files read-only at /data, a scratch dir kept for the
+episode, python3 with pandas/pyarrow/numpy, no network, limits per command); its output goes back as a
+user turn wrapped in <tool_response> tags, which is byte for byte what Qwen's chat template renders for
+a `tool` message, and works with any template and any endpoint.
 
 Stop reasons: answered, turn_limit (MAX_TURNS replies without an answer), context_limit (the next
 prompt would not fit the model's context), format_errors (FORMAT_ERROR_LIMIT unparsable replies in a
@@ -39,7 +40,7 @@ from benches.godmode.scoring import score_answer
 from engine.records import Episode, Turn
 
 NAME = "godmode"
-VERSION = "1"
+VERSION = "2"  # 2: native tool calls where the chat template renders tools, else a fenced block
 MAX_TOKENS = {False: 1024, True: 4096}  # per reply
 STOP_REASONS = ("answered", "turn_limit", "context_limit", "format_errors", "timeout", "error")
 MAX_TURNS = 30  # model replies per episode
@@ -50,6 +51,8 @@ MIN_CONTEXT = 8192  # the runner sizes max_model_len to at least this (or the mo
 SHELL_LIMITS = None  # engine.sandbox.ShellLimits() unless set (tests shorten the wall clock)
 TRACE_HEAD = 400  # characters of each command / reply kept in the record's trace
 
+# The one tool, in the OpenAI schema: passed as `tools=` to the chat template (or the endpoint) where it
+# renders tools; the format used is recorded in the contract (engine/solvers.py bench_tools).
 TOOL = {
     "type": "function",
     "function": {
@@ -62,6 +65,7 @@ TOOL = {
         },
     },
 }
+TOOLS = [TOOL]
 
 SYSTEM = """You are a quantitative data analyst working in a Linux shell. Answer the user's question about the \
 market data described below by running commands. python3 with pandas, pyarrow and numpy is installed; the \
@@ -74,20 +78,17 @@ ANSWER: <your answer>
 following the conventions stated in the question exactly.
 
 ## Data
-{description}
-# Tools
+{description}"""
 
-You may call one or more functions to assist with the user query.
+# Tool format "fenced" (a chat template that does not render tools): the tool is described here.
+FENCED_TOOL = """
 
-You are provided with function signatures within <tools></tools> XML tags:
-<tools>
-{tool}
-</tools>
-
-For each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:
-<tool_call>
-{{"name": <function-name>, "arguments": <args-json-object>}}
-</tool_call>"""
+## Tool
+To run a bash command, reply with exactly one fenced block, for example
+```bash
+ls -l /data
+```
+Its exit status and output come back in the next message."""
 
 USER = "{question}\n\nConventions: {convention}"
 
@@ -126,12 +127,14 @@ def load(data_dir: Path | None = None) -> list[Item]:
     return check_unique_ids(items, str(root))
 
 
-def messages(item: Item, think: bool) -> list[dict[str, str]]:
+def messages(item: Item, think: bool, tools: list | None = None) -> list[dict[str, str]]:
+    """The first turn. With `tools` (native tool calls) the chat template describes the tool; without,
+    the system prompt does (the fenced format)."""
     from engine import sandbox
 
-    system = SYSTEM.format(
-        wall_s=sandbox.ShellLimits().wall_s, description=item.meta["description"].strip(), tool=json.dumps(TOOL)
-    )
+    system = SYSTEM.format(wall_s=sandbox.ShellLimits().wall_s, description=item.meta["description"].strip())
+    if not tools:
+        system += FENCED_TOOL
     return [
         {"role": "system", "content": system},
         {"role": "user", "content": USER.format(question=item.question, convention=item.meta["convention"])},
@@ -187,7 +190,7 @@ def _tool_message(output: str, exit_code: int | None) -> str:
 async def solve(item: Item, session) -> Episode:
     from engine import sandbox
 
-    history = messages(item, session.think)
+    history = messages(item, session.think, getattr(session, "tools", None))
     turns: list[Turn] = []
     prompt_tokens = completion_tokens = 0
     format_errors = in_a_row = tool_errors = 0
@@ -198,7 +201,8 @@ async def solve(item: Item, session) -> Episode:
         sandbox.AgentShell, scenario.FOLDERS[item.category], limits=SHELL_LIMITS or sandbox.ShellLimits()
     )
     try:
-        for _ in range(MAX_TURNS):
+        # A determinism check may cap the turns lower (engine/trajectories.py); a graded run never does.
+        for _ in range(getattr(session, "max_turns", MAX_TURNS)):
             if time.monotonic() > deadline or completion_tokens >= EPISODE_TOKENS:
                 stop = "timeout"
                 break

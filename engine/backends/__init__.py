@@ -20,6 +20,7 @@ from engine.backends.protocol import (
     prompt_hash,
     render_chat,
     request_prompt_ids,
+    template_renders_tools,
 )
 from engine.errors import UserError
 from engine.spec import EngineSpec, HfEngine, OpenAIEngine, VllmEngine
@@ -36,6 +37,7 @@ __all__ = [
     "prompt_hash",
     "render_chat",
     "request_prompt_ids",
+    "template_renders_tools",
 ]
 
 

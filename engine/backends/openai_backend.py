@@ -16,6 +16,7 @@ same error, so a dead server stops the run quickly instead of burning retries pe
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 from typing import Any
@@ -218,10 +219,12 @@ def chat_body(request: GenRequest, served_model: str, max_model_len: int | None)
     }
     if request.logprobs:
         body["top_logprobs"] = 0  # only the sampled token's own log-prob
+    if request.tools:
+        body["tools"] = request.tools  # the server's chat template renders them (native tool calls)
     return body
 
 
-_FINISH = {"stop": "stop", "eos": "stop", "length": "length", "abort": "abort"}
+_FINISH = {"stop": "stop", "eos": "stop", "length": "length", "abort": "abort", "tool_calls": "stop"}
 
 
 def parse_chat_response(data: Any, want_logprobs: bool = False) -> GenResult:
@@ -250,6 +253,16 @@ def parse_chat_response(data: Any, want_logprobs: bool = False) -> GenResult:
         text = reasoning if content is None and finish == "length" else f"{reasoning}</think>{content or ''}"
     else:
         text = content or ""
+    # A server with a tool-call parser returns the calls apart from the content: give them back in the
+    # text as the model wrote them (Qwen's <tool_call> format), so one parser reads every backend.
+    for call in message.get("tool_calls") or ():
+        function = (call.get("function") or {}) if isinstance(call, dict) else {}
+        arguments = function.get("arguments")
+        try:
+            arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
+        except json.JSONDecodeError:
+            pass  # left as the string the model wrote: the bench's parser reports it
+        text += "\n<tool_call>\n" + json.dumps({"name": function.get("name"), "arguments": arguments}) + "\n</tool_call>"
     logprobs = None
     if want_logprobs:
         try:

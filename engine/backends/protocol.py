@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,6 +24,9 @@ class GenRequest(msgspec.Struct, frozen=True, kw_only=True):
     max_tokens: int
     seed: int
     logprobs: bool = False  # also return the log-prob of each sampled token (determinism experiments)
+    # Tools in the OpenAI schema, rendered by the chat template (`tools=`) or sent to the endpoint; None:
+    # none (a bench that describes its tool in the prompt itself).
+    tools: list[dict[str, Any]] | None = None
 
 
 class GenResult(msgspec.Struct, kw_only=True):
@@ -65,11 +69,12 @@ def load_tokenizer(checkpoint: Path):
         raise UserError(f"--model {checkpoint}: the tokenizer does not load ({type(exc).__name__}: {reason})") from exc
 
 
-def render_chat(tokenizer, messages: list[dict[str, str]], think: bool) -> list[int]:
-    """Prompt token ids via the model's chat template; `enable_thinking` is passed through."""
+def render_chat(tokenizer, messages: list[dict[str, str]], think: bool, tools: list[dict[str, Any]] | None = None) -> list[int]:
+    """Prompt token ids via the model's chat template; `enable_thinking` (and `tools` when given) passed through."""
     if not getattr(tokenizer, "chat_template", None):
         raise UserError(f"{tokenizer.name_or_path}: the tokenizer has no chat template; benches need a chat model")
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=think)
+    extra = {"tools": tools} if tools else {}
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=think, **extra)
     # The template already carries any BOS it wants.
     return tokenizer.encode(text, add_special_tokens=False)
 
@@ -82,7 +87,16 @@ def request_prompt_ids(tokenizer, request: GenRequest) -> list[int]:
     """The request's prompt token ids: pre-rendered, or rendered now with the chat template."""
     if request.prompt_token_ids is not None:
         return request.prompt_token_ids
-    return render_chat(tokenizer, request.messages, request.think)
+    return render_chat(tokenizer, request.messages, request.think, request.tools)
+
+
+def template_renders_tools(tokenizer) -> bool:
+    """Whether the model's chat template renders a `tools=` list (Qwen's, Llama 3's, ...): it reads the
+    `tools` variable. A template without it silently drops the tools, so the bench must describe them."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if isinstance(template, dict):  # several named templates: the default one renders chats
+        template = template.get("default", "") or next(iter(template.values()), "")
+    return re.search(r"\btools\b", template) is not None
 
 
 def messages_hash(messages: list[dict[str, Any]], think: bool) -> str:
