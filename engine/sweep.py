@@ -224,6 +224,9 @@ def format_summary(outcomes: list[Outcome], baseline: str) -> str:
             lines.append(f"{'':<{name_w}}  ⚠ {o.problem}")
     lines.append("Δ in accuracy points, candidate − baseline [interval at the bench's Holm level]; KL: tier-0 probe "
                  "(mean KL(base‖cand), same top-1 token), — where the run has none")  # fmt: skip
+    if any("ʷ" in cell for cell in cells.values()):
+        lines.append("ʷ full-split estimate: a subset tier's items reweighted to the split's categories "
+                     "(`python -m engine compare BASE RUN` for the details)")  # fmt: skip
     return "\n".join(lines)
 
 
