@@ -751,8 +751,8 @@ def cmd_sweep(argv: list[str]) -> int:
     p.add_argument("--models", required=True, help="comma list of candidates (checkpoint dirs or names)")
     p.add_argument("--out", type=Path, default=Path("runs") / "sweep", help="one run directory per candidate "
                    "under it, named after the model (default runs/sweep); on a cluster, a filesystem every node sees")
-    p.add_argument("--gpus-per-run", type=int, default=1, metavar="K", help="GPUs a run's Ray task holds (CPUs on a "
-                   "cluster without GPUs; default 1)")
+    p.add_argument("--gpus-per-run", type=int, default=None, metavar="K", help="GPUs a run's Ray task holds (default 1); "
+                   "on a cluster without GPUs, CPUs (default: a whole node's, one run per node at a time)")
     p.add_argument("--ray-address", default=None, metavar="ADDR|auto|local", help="Ray cluster to use (default: "
                    "$RAY_ADDRESS, else a local Ray cluster of this machine); local: no Ray, runs one after another here")
     p.add_argument("--ray-cpus", type=int, default=None, help="CPUs of the local Ray cluster started here (default all)")

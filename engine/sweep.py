@@ -281,12 +281,15 @@ def connect_ray(address: str | None, local_cpus: int | None):
     return ray
 
 
-def run_ray(ray, jobs: list[tuple[Candidate, list[str]]], log_dir: Path, per_run: int) -> list[Outcome]:
-    """One Ray task per run, each holding `per_run` GPUs (CPUs on a cluster without GPUs)."""
+def run_ray(ray, jobs: list[tuple[Candidate, list[str]]], log_dir: Path, per_run: int | None) -> list[Outcome]:
+    """One Ray task per run, each holding `per_run` GPUs (default 1), or on a cluster without GPUs
+    `per_run` CPUs (default: a whole node's, since a CPU engine uses every core it is given)."""
     resources = ray.cluster_resources()
     if resources.get("GPU", 0) > 0:
+        per_run = per_run or 1
         need, kind = {"num_gpus": per_run, "num_cpus": 0}, "GPU"
     else:
+        per_run = per_run or int(max(node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]))
         need, kind = {"num_cpus": per_run}, "CPU"
     if resources.get(kind, 0) < per_run:
         raise UserError(f"--gpus-per-run {per_run}: the Ray cluster has {resources.get(kind, 0):g} {kind}s in all")
@@ -325,7 +328,7 @@ def sweep(
     run_flags: list[str],
     out: Path,
     ray_address: str | None,
-    per_run: int,
+    per_run: int | None,
     grading: dict,
     local_cpus: int | None = None,
     as_json: bool = False,

@@ -87,9 +87,10 @@ def scripted(tmp_path, monkeypatch):
 GRADING = dict(alpha=0.05, waive=(), allow_incomplete=False, margin=None)
 
 
-def _sweep(tmp_path: Path, models: list[str], capsys, ray_address: str | None = "local", **kw) -> tuple[int, str]:
+def _sweep(tmp_path: Path, models: list[str], capsys, ray_address: str | None = "local", per_run: int | None = None,
+           **kw) -> tuple[int, str]:
     code = sweep.sweep(baseline=str(BASELINE), models=models, run_flags=["--benches", "arith"], out=tmp_path / "sweep",
-                       ray_address=ray_address, per_run=1, grading=GRADING, **kw)  # fmt: skip
+                       ray_address=ray_address, per_run=per_run, grading=GRADING, **kw)  # fmt: skip
     return code, capsys.readouterr().out
 
 
@@ -157,7 +158,7 @@ def test_sweep_bad_input(tmp_path, scripted, capsys):
 def test_sweep_on_a_local_ray_cluster(tmp_path, scripted, capsys):
     pytest.importorskip("ray")
     t0 = time.monotonic()
-    code, table = _sweep(tmp_path, ["aa", "worse"], capsys, ray_address=None, local_cpus=2)
+    code, table = _sweep(tmp_path, ["aa", "worse"], capsys, ray_address=None, local_cpus=2)  # a task holds both CPUs
     assert code == 1
     assert "DEGRADED" in _row(table, "worse") and "no change" in _row(table, "aa")
     assert sorted(c[1] for c in scripted()) == ["aa", "worse"]
