@@ -757,7 +757,18 @@ def cmd_sweep(argv: list[str]) -> int:
                    "$RAY_ADDRESS, else a local Ray cluster of this machine); local: no Ray, runs one after another here")
     p.add_argument("--ray-cpus", type=int, default=None, help="CPUs of the local Ray cluster started here (default all)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    args, run_flags = p.parse_known_args(argv)
+    # Its own flags here; every other one is a run flag, for each run (checked below by the run's parser).
+    own, run_flags, rest = [], [], list(argv)
+    while rest:
+        token = rest.pop(0)
+        action = p._option_string_actions.get(token.split("=")[0])
+        if action is None:
+            run_flags.append(token)
+            continue
+        own.append(token)
+        if action.nargs != 0 and "=" not in token and rest:
+            own.append(rest.pop(0))
+    args = p.parse_args(own)
     taken = {"--model", "--out", "--baseline", "--json", "--dry-run"} & {f.split("=")[0] for f in run_flags}
     if taken:
         raise UserError(f"sweep: {', '.join(sorted(taken))} is set per candidate by the sweep; drop it")

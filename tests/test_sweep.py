@@ -220,3 +220,16 @@ def test_real_sweep_on_local_ray_flags_int3_and_resumes_after_sigterm(tiny_model
     assert by_name["rtn-int3"]["probe"]["kl_mean"] > by_name["smollm2-135m"]["probe"]["kl_mean"]
     assert again.returncode == summary["exit_code"] == 1
     print(f"\nfirst run sealed after {sealed_s:.0f}s; whole sweep incl. resume {total_s:.0f}s\n{again.stderr}", file=sys.stderr)
+
+
+def test_sweep_command_line_passes_run_flags_to_every_run(tmp_path, scripted, capsys):
+    from engine import __main__ as cli
+
+    code = cli.main(["sweep", "--baseline", str(BASELINE), "--models", "aa,worse", "--benches", "arith", "--out",
+                     str(tmp_path / "o"), "--ray-address=local", "--seed", "0", "--alpha", "0.01", "--json"])  # fmt: skip
+    assert code == 1
+    summary = json.loads(capsys.readouterr().out)
+    assert [c["exit_code"] for c in summary["candidates"]] == [0, 1]
+    calls = scripted()
+    assert [c[1] for c in calls] == ["aa", "worse"]
+    assert all(c[6:] == ["--benches", "arith", "--seed", "0", "--alpha", "0.01"] for c in calls), calls
