@@ -23,6 +23,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -125,8 +126,9 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _package_root() -> str:
-    return str(Path(__file__).resolve().parent.parent)
+def _child_pythonpath() -> str:
+    """PYTHONPATH with this harness's package root first: a child runs the same code as the sweep."""
+    return os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")]))
 
 
 def run_child(argv: list[str], log_path: str) -> int:
@@ -136,14 +138,19 @@ def run_child(argv: list[str], log_path: str) -> int:
     it tells the child to stop, waits for it to close cleanly, then re-raises.
     """
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_package_root(), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "PYTHONPATH": _child_pythonpath()}
     with open(log_path, "ab") as log:
         log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n".encode())
         log.flush()
         child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                  preexec_fn=_die_with_parent)  # fmt: skip
         try:
-            return child.wait()
+            while True:
+                # Waits of a second: Ray's cancel interrupts a task's thread between bytecodes only.
+                try:
+                    return child.wait(timeout=1.0)
+                except subprocess.TimeoutExpired:
+                    continue
         except BaseException:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
@@ -273,12 +280,27 @@ def connect_ray(address: str | None, local_cpus: int | None):
         import ray
     except ImportError:
         return None
+    # ray.init replaces the SIGTERM handler with one that exits 1 ("degraded" in our scheme) without
+    # stopping the runs; ours (engine/__main__.py) turns it into an interrupt that stops them cleanly.
+    on_sigterm = signal.getsignal(signal.SIGTERM)
+    # The workers import this module from where the driver has it (the same path on every node), so a
+    # checkout that is not installed works too.
+    runtime_env = {"env_vars": {"PYTHONPATH": _child_pythonpath()}}
     if address is None and not os.environ.get("RAY_ADDRESS"):
         # A cluster of this machine alone, on loopback, without the dashboard (nothing to serve).
-        ray.init(num_cpus=local_cpus, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+        ray.init(num_cpus=local_cpus, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env,
+                 _node_ip_address="127.0.0.1")  # fmt: skip
     else:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
+    if on_sigterm is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_sigterm)
     return ray
+
+
+def _last_line(exc: BaseException) -> str:
+    """A Ray error's own message: its last line (the lines before are the remote traceback)."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def run_ray(ray, jobs: list[tuple[Candidate, list[str]]], log_dir: Path, per_run: int | None) -> list[Outcome]:
@@ -308,7 +330,7 @@ def run_ray(ray, jobs: list[tuple[Candidate, list[str]]], log_dir: Path, per_run
             try:
                 code, wall = ray.get(done[0])
             except ray.exceptions.RayError as exc:  # the worker or its node died: no exit code of the run
-                _say(f"{candidate.name}: the Ray task failed: {str(exc).strip().splitlines()[0]}")
+                _say(f"{candidate.name}: the Ray task failed: {_last_line(exc)}")
                 code, wall = EXIT_CRASH, 0.0
             _say(f"{candidate.name}: exit {code} after {wall:.0f}s")
             outcomes[candidate.name] = _outcome_of_code(candidate, code, wall)
