@@ -28,7 +28,8 @@ BASELINE = ROOT / "baselines" / "smollm2-135m" / "smoke-nothink-s0"
 # A stand-in for `python -m engine --model M --baseline B --out DIR ...`: it logs its call, then writes
 # DIR as a finished run of B's spec (arith only) unless DIR is finished already; models named
 # "*worse*" answer wrong where the baseline was right, "*broken*" exits 4 having written nothing, and
-# "*partial*" writes half the records and exits 130 the first time (a run interrupted midway).
+# "*partial*" writes half the records and exits 130 the first time (a run interrupted midway); "*sleeper*"
+# waits to be stopped.
 SCRIPTED_RUN = textwrap.dedent(
     """
     import json, os, shutil, sys
@@ -40,6 +41,12 @@ SCRIPTED_RUN = textwrap.dedent(
     model, base, out = args["--model"], Path(args["--baseline"]), Path(args["--out"])
     with open(os.environ["SWEEP_CALLS"], "a") as f:
         f.write(json.dumps(sys.argv[1:]) + "\\n")
+    if "sleeper" in model:  # runs until told to stop; says so, and its pid, in files beside the calls
+        import signal, time
+        calls = Path(os.environ["SWEEP_CALLS"])
+        signal.signal(signal.SIGTERM, lambda *a: (calls.with_name("stopped").write_text("SIGTERM"), sys.exit(130)))
+        calls.with_name("pid").write_text(str(os.getpid()))
+        time.sleep(600)
     if "broken" in model:
         sys.exit(4)
     spec = records.read_spec(base)
@@ -163,6 +170,35 @@ def test_sweep_on_a_local_ray_cluster(tmp_path, scripted, capsys):
     assert "DEGRADED" in _row(table, "worse") and "no change" in _row(table, "aa")
     assert sorted(c[1] for c in scripted()) == ["aa", "worse"]
     print(f"local ray sweep of 2 scripted runs: {time.monotonic() - t0:.1f}s", file=sys.stderr)
+
+
+@pytest.mark.parametrize("where", ["local", "ray"])
+def test_killing_the_sweep_stops_its_runs(tmp_path, scripted, where):
+    """SIGTERM to the sweep reaches the run it started (SIGTERM: the harness stops cleanly), here or in a Ray
+    task; the sweep exits 130."""
+    if where == "ray":
+        pytest.importorskip("ray")
+    argv = ["sweep", "--baseline", str(BASELINE), "--models", "sleeper,never", "--out", str(tmp_path / "o"),
+            *(["--ray-address", "local"] if where == "local" else ["--ray-cpus", "2"])]  # fmt: skip
+    script = [sys.executable, str(tmp_path / "scripted_run.py")]
+    driver = textwrap.dedent(f"""
+        import sys
+        from engine import sweep, __main__ as cli
+        sweep.run_argv = lambda c, b, f: {script!r} + ["--model", c.model, "--baseline", b, "--out", str(c.run_dir), *f]
+        sys.exit(cli.main({argv!r}))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", driver], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pid_file = tmp_path / "pid"
+    _wait_for(pid_file.is_file, 120, proc)
+    child = int(pid_file.read_text())
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "sweep interrupted" in stderr and "rerun the same command to resume" in stderr
+    assert (tmp_path / "stopped").read_text() == "SIGTERM"
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
+    assert [c[1] for c in scripted()] == ["sleeper"]  # the next candidate was never started
 
 
 # ---- the real harness ---------------------------------------------------------------------------
