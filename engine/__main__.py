@@ -784,6 +784,8 @@ def cmd_sweep(argv: list[str]) -> int:
         baseline=args.baseline, models=[m.strip() for m in args.models.split(",") if m.strip()], run_flags=run_flags,
         out=args.out, ray_address=args.ray_address, per_run=args.gpus_per_run, grading=grading,
         local_cpus=args.ray_cpus, as_json=args.json,
+        expected=dict(tier=run.tier, seed=run.seed, samples=run.samples,
+                      benches=sorted(b.strip() for b in run.benches.split(",") if b.strip())),
     )  # fmt: skip
 
 

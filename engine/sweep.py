@@ -111,6 +111,19 @@ def finished(run_dir: Path) -> bool:
     return (run_dir / SPEC_FILE).is_file() and (run_dir / MANIFEST_FILE).is_file() and not being_written(run_dir)
 
 
+def check_same_run(run_dir: Path, expected: dict[str, object]) -> None:
+    """A finished run that is not rerun must be the run this sweep asks for: the run command would refuse
+    a run directory of another spec, the sweep (which does not start it) checks the fields the flags set."""
+    from engine.records import read_spec
+
+    spec = read_spec(run_dir)
+    held = {"tier": spec.tier, "seed": spec.seed, "samples": spec.samples, "benches": sorted(b.name for b in spec.benches)}
+    for field, want in expected.items():
+        if field in held and held[field] != want:
+            raise UserError(f"{run_dir} holds a finished run of another spec ({field}: {held[field]!r} there vs "
+                            f"{want!r} now); choose another --out")  # fmt: skip
+
+
 def run_argv(candidate: Candidate, baseline: str, run_flags: list[str]) -> list[str]:
     return [sys.executable, "-m", "engine", "--model", candidate.model, "--baseline", baseline,
             "--out", str(candidate.run_dir), *run_flags]  # fmt: skip
@@ -354,8 +367,10 @@ def sweep(
     grading: dict,
     local_cpus: int | None = None,
     as_json: bool = False,
+    expected: dict[str, object] | None = None,
 ) -> int:
-    """Run (or resume) every candidate's run, print the summary; the worst exit code of the runs."""
+    """Run (or resume) every candidate's run, print the summary; the worst exit code of the runs.
+    `expected`: what the run flags set (tier, seed, samples, benches), checked in finished runs."""
     base_dir = Path(baseline)
     if not (base_dir / SPEC_FILE).is_file():
         raise UserError(f"--baseline {baseline}: not a run directory (no {SPEC_FILE}); give the baseline's run dir")
@@ -367,6 +382,7 @@ def sweep(
     jobs = []
     for candidate in candidates:
         if finished(candidate.run_dir):
+            check_same_run(candidate.run_dir, expected or {})
             _say(f"{candidate.name}: finished run in {candidate.run_dir}, not rerun")
             outcomes[candidate.name] = Outcome(name=candidate.name, model=candidate.model, run_dir=str(candidate.run_dir),
                                                exit_code=EXIT_OK, status="finished before")  # fmt: skip

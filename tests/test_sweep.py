@@ -126,6 +126,13 @@ def test_sweep_flags_the_degraded_candidate_and_resumes_without_rerunning(tmp_pa
     assert "DEGRADED" in _row(table, "worse") and "no change bit-identical" in _row(table, "partial")
     assert "⚠" not in table
 
+    # A finished run of another spec under the same --out is refused, not reported as this sweep's.
+    from engine.errors import UserError
+
+    with pytest.raises(UserError, match="holds a finished run of another spec .tier: 'smoke' there vs 'standard'"):
+        _sweep(tmp_path, ["aa"], capsys, expected={"tier": "standard", "benches": ["arith"]})
+    _sweep(tmp_path, ["aa"], capsys, expected={"tier": "smoke", "seed": 0, "samples": 1, "benches": ["arith"]})
+
 
 def test_sweep_exit_code_is_the_worst_run_and_json(tmp_path, scripted, capsys):
     code, out = _sweep(tmp_path, ["worse", "broken"], capsys, as_json=True)
