@@ -11,6 +11,7 @@
     python -m engine determinism --model M [--configs ...]        which engine settings break bit-exact outputs
     python -m engine judge RUN [--judge MODEL|URL]                 judge a finished run's judged benches (trader_traits)
     python -m engine import lm-eval PATH --out RUN_DIR             an lm-eval --log_samples output as a run dir
+    python -m engine sweep --baseline B --models M1,M2 [run flags]  one run per candidate (Ray cluster or here), one table
 
 Exit codes: 0 no degradation detected, 1 degradation detected, 2 bad input, 3 not comparable,
 4 unexpected error (traceback in the run's harness.log), 5 incomplete (a run lacks items or samples against
@@ -777,10 +778,62 @@ def cmd_import(argv: list[str]) -> int:
     return EXIT_OK
 
 
+def cmd_sweep(argv: list[str]) -> int:
+    from engine import sweep
+
+    p = argparse.ArgumentParser(
+        prog="python -m engine sweep",
+        allow_abbrev=False,  # a run flag must never be taken for an abbreviation of a sweep flag
+        description="One run per candidate against one baseline, as Ray tasks on a cluster (or one after another "
+        "here), finished runs kept; then one summary table. Other flags are run flags (see `python -m engine -h`: "
+        "--tier, --benches, --data-dir, --seed, --think, --alpha, ...), passed to every run.",
+    )
+    p.add_argument("--baseline", required=True, help="the baseline's run directory")
+    p.add_argument("--models", required=True, help="comma list of candidates (checkpoint dirs or names)")
+    p.add_argument("--out", type=Path, default=Path("runs") / "sweep", help="one run directory per candidate "
+                   "under it, named after the model (default runs/sweep); on a cluster, a filesystem every node sees")
+    p.add_argument("--gpus-per-run", type=int, default=None, metavar="K", help="GPUs a run's Ray task holds (default 1); "
+                   "on a cluster without GPUs, CPUs (default: a whole node's, one run per node at a time)")
+    p.add_argument("--ray-address", default=None, metavar="ADDR|auto|local", help="Ray cluster to use (default: "
+                   "$RAY_ADDRESS, else a local Ray cluster of this machine); local: no Ray, runs one after another here")
+    p.add_argument("--ray-cpus", type=int, default=None, help="CPUs of the local Ray cluster started here (default all)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    # Its own flags here; every other one is a run flag, for each run (checked below by the run's parser).
+    own, run_flags, rest = [], [], list(argv)
+    while rest:
+        token = rest.pop(0)
+        action = p._option_string_actions.get(token.split("=")[0])
+        if action is None:
+            run_flags.append(token)
+            continue
+        own.append(token)
+        if action.nargs != 0 and "=" not in token and rest:
+            own.append(rest.pop(0))
+    args = p.parse_args(own)
+    taken = {"--model", "--out", "--baseline", "--json", "--dry-run"} & {f.split("=")[0] for f in run_flags}
+    if taken:
+        raise UserError(f"sweep: {', '.join(sorted(taken))} is set per candidate by the sweep; drop it")
+    checks.at_least_one("--gpus-per-run", args.gpus_per_run)
+    checks.at_least_one("--ray-cpus", args.ray_cpus)
+    checks.writable_dir("--out", args.out)
+    # The run flags are checked here, before any run starts, by the run command's own parser.
+    run = _run_parser().parse_args(["--model", "_", *run_flags])
+    checks.alpha(run.alpha)
+    grading = dict(alpha=run.alpha, waive=_waivers(run.allow_differ), allow_incomplete=run.allow_incomplete,
+                   margin=None if run.margin is None else run.margin / 100)  # fmt: skip
+    return sweep.sweep(
+        baseline=args.baseline, models=[m.strip() for m in args.models.split(",") if m.strip()], run_flags=run_flags,
+        out=args.out, ray_address=args.ray_address, per_run=args.gpus_per_run, grading=grading,
+        local_cpus=args.ray_cpus, as_json=args.json,
+        expected=dict(tier=run.tier, seed=run.seed, samples=run.samples,
+                      benches=sorted(b.strip() for b in run.benches.split(",") if b.strip())),
+    )  # fmt: skip
+
+
 SUBCOMMANDS = {
     "compare": cmd_compare, "report": cmd_report, "degrade": cmd_degrade, "model": cmd_model, "data": cmd_data,
     "determinism": cmd_determinism, "probe": cmd_probe, "noise-floor": cmd_noise_floor, "judge": cmd_judge,
-    "import": cmd_import,
+    "import": cmd_import, "sweep": cmd_sweep,
 }
 SUBCOMMAND_HELP = {
     "compare": "grade run CAND against baseline run BASE",
@@ -793,6 +846,7 @@ SUBCOMMAND_HELP = {
     "noise-floor": "rerun a baseline (same and other sampling seeds) and store its self-disagreement beside it",
     "judge": "judge (or judge again) a finished run's judged benches, print their trait tables with gates",
     "import": "import lm-eval: an lm-evaluation-harness --log_samples output as a run directory",
+    "sweep": "one run per candidate against a baseline (Ray tasks on a cluster, or one after another), one summary table",
 }
 
 
