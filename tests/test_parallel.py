@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -156,7 +157,8 @@ PROBE_TEXT = [
 
 
 @pytest.fixture(scope="module")
-def tp1_reference(tiny_model, tmp_path_factory) -> Path:
+def tp1_reference(tiny_model, tmp_path_factory) -> tuple[Path, int]:
+    """A reference built at TP=1 in float32, and its number of positions."""
     root = tmp_path_factory.mktemp("ref")
     text = root / "text.jsonl"
     text.write_text("".join(json.dumps(row) + "\n" for row in PROBE_TEXT))
@@ -164,15 +166,17 @@ def tp1_reference(tiny_model, tmp_path_factory) -> Path:
     proc = run_cli("probe", "--model", "smollm2-135m", "--build-reference", "--text", str(text), "--out", str(ref),
                    "--dtype", "float32", env=TP_ENV)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return ref
+    positions = re.search(r"\((\d+) positions, top-", proc.stdout)
+    assert positions, proc.stdout
+    return ref, int(positions[1])
 
 
 @pytest.mark.heavy
 def test_probe_at_tp3_reports_every_position_once_and_matches_tp1(tp1_reference):
-    same = _probe("--model", "smollm2-135m", "--reference", str(tp1_reference))
-    panel = _probe("--model", "smollm2-135m", "--reference", str(tp1_reference), "--tp", "3")
+    ref, positions = tp1_reference
+    panel = _probe("--model", "smollm2-135m", "--reference", str(ref), "--tp", "3")
     # Exactly one rank reports, every row arrives (a missing row is an error, a duplicated one too).
-    assert panel["n_positions"] == same["n_positions"] > 40
+    assert panel["n_positions"] == positions > 40
     assert panel["top1_agree"] == 1.0
     assert panel["kl_max"] < 1e-8, "A/A at fp32: another reduction order only"
     assert abs(panel["ppl_ratio"] - 1) < 1e-5
@@ -180,8 +184,9 @@ def test_probe_at_tp3_reports_every_position_once_and_matches_tp1(tp1_reference)
 
 @pytest.mark.slow
 def test_degraded_panel_at_tp3_equals_tp1_within_tolerance(tp1_reference, int3_model):
-    at1 = _probe("--model", str(int3_model), "--reference", str(tp1_reference))
-    at3 = _probe("--model", str(int3_model), "--reference", str(tp1_reference), "--tp", "3")
+    ref, _ = tp1_reference
+    at1 = _probe("--model", str(int3_model), "--reference", str(ref))
+    at3 = _probe("--model", str(int3_model), "--reference", str(ref), "--tp", "3")
     assert at1["kl_mean"] > 0.05, "rtn-int3 is real damage"
     assert at3["n_positions"] == at1["n_positions"]
     # The README's tolerance for TP=3 vs TP=1 panels in float32.
