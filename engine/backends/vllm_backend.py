@@ -98,24 +98,30 @@ def cpu_thread_binding(world_size: int) -> str | None:
 
 
 @contextlib.contextmanager
+def vllm_environment(values: dict[str, str]) -> Iterator[None]:
+    """Environment variables set for one engine's start or lifetime (its child processes inherit them),
+    then restored, with vLLM's cache of them forgotten both ways."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    forget_vllm_env_cache()
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        forget_vllm_env_cache()
+
+
+@contextlib.contextmanager
 def cpu_thread_binding_env(world_size: int) -> Iterator[str | None]:
     """VLLM_CPU_OMP_THREADS_BIND set while an engine starts (its workers read it then), then restored,
     so that a later engine of another size in this process chooses afresh."""
     binding = cpu_thread_binding(world_size)
-    if binding is None:
-        yield None
-        return
-    saved = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
-    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = binding
-    forget_vllm_env_cache()
-    try:
+    with vllm_environment({} if binding is None else {"VLLM_CPU_OMP_THREADS_BIND": binding}):
         yield binding
-    finally:
-        if saved is None:
-            os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
-        else:
-            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = saved
-        forget_vllm_env_cache()
 
 
 def is_cpu_build() -> bool:
@@ -337,17 +343,8 @@ class VllmBackend:
         from vllm.v1.engine.llm_engine import LLMEngine
 
         if core == "inline":
-            saved = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-            forget_vllm_env_cache()
-            try:
+            with vllm_environment({"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}):
                 engine = await asyncio.to_thread(LLMEngine.from_engine_args, args, enable_multiprocessing=False)
-            finally:
-                if saved is None:
-                    os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
-                else:
-                    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = saved
-                forget_vllm_env_cache()
         else:
             # The engine's processes lead their own process group: a Ctrl-C to the terminal reaches
             # only the harness, which shuts the engine down in order (not each process mid-step).
