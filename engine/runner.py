@@ -356,7 +356,7 @@ async def _run_benches(
     run_dir: Path,
 ) -> None:
     spec = plan.spec
-    gate = asyncio.Semaphore(max(1, concurrency))
+    gate = asyncio.Semaphore(max(1, concurrency) + getattr(backend, "queue_ahead", 0))
     stopped = {name: asyncio.Event() for name in plan.benches}  # set by --early-stop
     progress = {
         name: _Progress(name, len(bench.items) * bench.samples, writers[name].existing, position)

@@ -52,6 +52,10 @@ class EndpointDown(Exception):
 
 
 class Backend(Protocol):
+    """What the runner drives. A backend may also say `queue_ahead: int`: how many requests beyond the
+    run's concurrency it wants waiting inside it (vLLM: a full batch in its scheduler's queue, so a
+    finished sequence's slot is refilled in the same step rather than after a round trip to the runner)."""
+
     max_model_len: int
 
     async def generate(self, request: GenRequest) -> GenResult: ...
