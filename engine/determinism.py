@@ -23,10 +23,13 @@ log-probs of every repeat) and report.json (what --json prints).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -382,25 +385,32 @@ async def run_config(
 ) -> ConfigRun:
     """Every repeat in one fresh engine."""
     in_flight = len(requests)  # bs1 engines queue them; batched ones take them all at once
-    backend = None
-    with _environment(env):
-        try:
+    async with fresh_engine(checkpoint, engine, env, seed=seed, concurrency=in_flight, kv_cache_gib=kv_cache_gib) as backend:
+        completions: list[Completion] = []
+        seconds: list[float] = []
+        for repeat in range(repeats):
             t0 = time.monotonic()
-            backend = await open_backend(engine, checkpoint=checkpoint, seed=seed, concurrency=in_flight, kv_cache_gib=kv_cache_gib)
-            print(f"  engine ready in {time.monotonic() - t0:.0f}s", file=sys.stderr)
-            completions: list[Completion] = []
-            seconds: list[float] = []
-            for repeat in range(repeats):
-                t0 = time.monotonic()
-                completions += await _generate_pass(backend, requests, repeat, in_flight)
-                seconds.append(time.monotonic() - t0)
-                print(f"  repeat {repeat + 1}/{repeats}: {seconds[-1]:.1f}s", file=sys.stderr)
-            if alone_pass:
-                completions += await _generate_pass(backend, requests, -1, 1)
-            return ConfigRun(completions=completions, seconds=seconds, kv_block_size=getattr(backend, "kv_block_size", None))
+            completions += await _generate_pass(backend, requests, repeat, in_flight)
+            seconds.append(time.monotonic() - t0)
+            print(f"  repeat {repeat + 1}/{repeats}: {seconds[-1]:.1f}s", file=sys.stderr)
+        if alone_pass:
+            completions += await _generate_pass(backend, requests, -1, 1)
+        return ConfigRun(completions=completions, seconds=seconds, kv_block_size=getattr(backend, "kv_block_size", None))
+
+
+@contextlib.asynccontextmanager
+async def fresh_engine(
+    checkpoint: Path, engine: EngineSpec, env: dict[str, str], *, seed: int, concurrency: int, kv_cache_gib: float | None
+) -> AsyncIterator[Any]:
+    """One configuration's engine, started in its environment and closed whatever happens."""
+    with _environment(env):
+        t0 = time.monotonic()
+        backend = await open_backend(engine, checkpoint=checkpoint, seed=seed, concurrency=concurrency, kv_cache_gib=kv_cache_gib)
+        print(f"  engine ready in {time.monotonic() - t0:.0f}s", file=sys.stderr)
+        try:
+            yield backend
         finally:
-            if backend is not None:
-                await backend.close()
+            await backend.close()
 
 
 async def run_experiment(

@@ -24,10 +24,10 @@ import msgspec
 
 from engine.determinism import (
     REFERENCE,
-    _environment,
     _write_lines,
     config_engine,
     first_divergence,
+    fresh_engine,
     setting,
     unavailable_reason,
 )
@@ -204,28 +204,18 @@ async def run_config(
     tools: list | None,
 ) -> tuple[list[Trajectory], float]:  # fmt: skip
     """Every repeat in one fresh engine: (trajectories, seconds spent in episodes)."""
-    from engine.backends import open_backend
-
-    backend = None
-    with _environment(env):
-        try:
+    async with fresh_engine(checkpoint, engine, env, seed=seed, concurrency=len(items), kv_cache_gib=kv_cache_gib) as backend:
+        trajectories: list[Trajectory] = []
+        seconds = 0.0
+        for repeat in range(repeats):
             t0 = time.monotonic()
-            backend = await open_backend(engine, checkpoint=checkpoint, seed=seed, concurrency=len(items), kv_cache_gib=kv_cache_gib)
-            print(f"  engine ready in {time.monotonic() - t0:.0f}s", file=sys.stderr)
-            trajectories: list[Trajectory] = []
-            seconds = 0.0
-            for repeat in range(repeats):
-                t0 = time.monotonic()
-                trajectories += await run_episodes(
-                    backend, module, items, config=name, repeat=repeat, max_tokens=max_tokens, max_turns=max_turns,
-                    seed=seed, tools=tools,
-                )  # fmt: skip
-                seconds += time.monotonic() - t0
-                print(f"  repeat {repeat + 1}/{repeats}: {time.monotonic() - t0:.1f}s", file=sys.stderr)
-            return trajectories, seconds
-        finally:
-            if backend is not None:
-                await backend.close()
+            trajectories += await run_episodes(
+                backend, module, items, config=name, repeat=repeat, max_tokens=max_tokens, max_turns=max_turns,
+                seed=seed, tools=tools,
+            )  # fmt: skip
+            seconds += time.monotonic() - t0
+            print(f"  repeat {repeat + 1}/{repeats}: {time.monotonic() - t0:.1f}s", file=sys.stderr)
+        return trajectories, seconds
 
 
 async def run_experiment(
