@@ -1,4 +1,6 @@
-"""Errors that end a command with a one-line message instead of a traceback."""
+"""Errors that end a command with a one-line message instead of a traceback, and the exit codes."""
+
+from enum import IntEnum
 
 
 class UserError(Exception):
@@ -26,3 +28,18 @@ class Interrupted(Exception):
 
 
 EXIT_CRASH = 4  # an unexpected error: never read as a verdict (0 no degradation, 1 degraded)
+
+
+class ExitCode(IntEnum):
+    """The one exit-code table of every command (README, `--help` epilogs and this enum agree)."""
+
+    PASS = 0  # graded; no signal fired (the headline still says what the run is too small to rule out)
+    DEGRADED = 1  # graded; at least one signal fired (every reason named in the verdict)
+    BAD_INPUT = 2  # a flag, file or field is wrong: one-line error, nothing written
+    NOT_COMPARABLE = 3  # the runs differ in contract fields: no number is printed
+    ERROR = 4  # the engine or server failed, or an unexpected error: never a verdict
+    INCOMPLETE = 5  # a run lacks items, samples or answers (failed requests): not graded
+    GATE_FAILED = 6  # a judged bench's absolute trait gate failed
+    NOT_SHOWN = 7  # --margin given: nothing fired, but a drop as large as the margin is not ruled out
+    INVALID = 8  # a bench could not measure (an exam whose tool calls were never read, a judge that never answered)
+    INTERRUPTED = 130  # Ctrl-C / SIGTERM: finished items are on disk; rerun to resume
