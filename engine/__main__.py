@@ -13,9 +13,7 @@
     python -m engine import lm-eval PATH --out RUN_DIR             an lm-eval --log_samples output as a run dir
     python -m engine sweep --baseline B --models M1,M2 [run flags]  one run per candidate (Ray cluster or here), one table
 
-Exit codes: 0 no degradation detected, 1 degradation detected, 2 bad input, 3 not comparable,
-4 unexpected error (traceback in the run's harness.log), 5 incomplete (a run lacks items or samples against
-its spec), 130 interrupted (rerun to resume); 6 a judged bench's trait gate failed (takes precedence over 1).
+Exit codes: engine/errors.py ExitCode (`python -m engine -h` lists them).
 """
 
 from __future__ import annotations
@@ -28,10 +26,8 @@ import threading
 from pathlib import Path
 
 from engine import checks
-from engine.errors import EXIT_CRASH, EngineFailed, Interrupted, NotComparable, UserError
+from engine.errors import EngineFailed, ExitCode, Interrupted, NotComparable, UserError, exit_code_epilog
 
-EXIT_OK, EXIT_DEGRADED = 0, 1
-EXIT_INCOMPLETE = 5  # a run lacks items or samples against its spec: not graded (see --allow-incomplete)
 # The run directory of the command in progress, once known: where a crash's traceback is logged.
 _log_dir: Path | None = None
 
@@ -44,8 +40,7 @@ def _run_parser() -> argparse.ArgumentParser:
         description="Run benches on a model and, given a baseline, grade it with paired tests.",
         epilog="other commands (see `python -m engine COMMAND -h`):\n"
         + "\n".join(f"  {name:<12} {about}" for name, about in SUBCOMMAND_HELP.items())
-        + "\n\nexit codes: 0 no degradation detected, 1 degraded, 2 bad input, 3 not comparable, "
-        "4 unexpected error, 130 interrupted",
+        + "\n\n" + exit_code_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", required=True, help="HF checkpoint dir, or 'smollm2-135m' (embedded tiny model)")
@@ -182,8 +177,8 @@ def cmd_run(argv: list[str]) -> int:
     runner.prepare_run_dir(run_dir, plan.spec, plan.load_notes)
     _log_dir = Path(run_dir)
     print(f"run dir: {run_dir}", file=sys.stderr)
-    if _probe_tier0(args, run_dir) == EXIT_DEGRADED:
-        return EXIT_DEGRADED
+    if _probe_tier0(args, run_dir) == ExitCode.DEGRADED:
+        return ExitCode.DEGRADED
     early_base = _early_stop_baseline(args, plan, run_dir, waive) if args.early_stop else None
     try:
         runner.run_event_loop(
@@ -198,14 +193,22 @@ def cmd_run(argv: list[str]) -> int:
     if resolved.run is None:
         print(f"{resolved.message}: records are in {run_dir}")
         return _print_traits(cand, None, args.alpha, args.json)
-    return _compare_and_print(resolved.run, cand, args.alpha, waive, args.json, args.allow_incomplete, args.margin)
+    return _grade_and_print(resolved.run, cand, _grade_options(args, waive), args.json)
 
 
 def _grading_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-incomplete", action="store_true",
                    help="grade benches that lack items or samples (default: verdict INCOMPLETE, exit 5)")
     p.add_argument("--margin", type=float, default=None, metavar="PTS",
-                   help="non-inferiority margin in accuracy points: verdict EQUIVALENT or NOT SHOWN where no change is detected")
+                   help="equivalence margin in accuracy points: EQUIVALENT (exit 0) when every bench's interval lies within "
+                   "±PTS, else INCONCLUSIVE (exit 7) where nothing fired (default: a wider bound than 5 pts is INCONCLUSIVE, exit 0)")
+    p.add_argument("--signals", default=None, metavar="LIST",
+                   help="signals that count in the decision (default all): accuracy, truncation, length, no-answer, episodes, "
+                   "lm-eval-margin, traits, kl, trait-gates; the choice is recorded in verdict.json")
+    p.add_argument("--kl-gate", type=float, default=None, metavar="KL",
+                   help="KL tripwire: DEGRADED when the run's probe mean KL exceeds KL (default 1.0: collapse; docs/decision.md)")
+    p.add_argument("--kl-top1-gate", type=float, default=None, metavar="PCT",
+                   help="KL tripwire: DEGRADED when the probe's same-top-1 share is below PCT percent (default 50)")
 
 
 def _dry_run(args, plan, run_dir: Path, waive: tuple[str, ...], start_backend) -> int:
@@ -230,7 +233,7 @@ def _dry_run(args, plan, run_dir: Path, waive: tuple[str, ...], start_backend) -
 
         rate = runner.run_event_loop(measure())
     print(runner.dry_run(plan, base, rate))
-    return EXIT_OK
+    return ExitCode.PASS
 
 
 def _judge_target(args):
@@ -349,7 +352,7 @@ def _cpu_binding(world_size: int) -> str | None:
 
 def _probe_tier0(args, run_dir: Path) -> int:
     """The KL probe before any bench: prints its panel and writes it to the run directory (the HTML
-    report shows it); EXIT_DEGRADED when --probe-gate trips."""
+    report shows it); ExitCode.DEGRADED when --probe-gate trips."""
     import msgspec
 
     from probes import run as probe_run
@@ -362,7 +365,7 @@ def _probe_tier0(args, run_dir: Path) -> int:
     if reference is None:
         if args.probe_gate is not None:
             raise UserError("--probe-gate needs a reference: pass --probe REF (built with `python -m engine probe --build-reference`)")
-        return EXIT_OK
+        return ExitCode.PASS
     if args.backend == "openai":
         from probes.endpoint import format_endpoint_probe, score_endpoint
 
@@ -375,8 +378,8 @@ def _probe_tier0(args, run_dir: Path) -> int:
     (Path(run_dir) / PROBE_FILE).write_bytes(msgspec.json.format(msgspec.json.encode(summary), indent=1))
     if args.probe_gate is not None and not summary.kl_mean <= args.probe_gate:
         print(f"probe gate: mean KL {summary.kl_mean:.6f} > {args.probe_gate:g}: the candidate is already broken; benches not run")
-        return EXIT_DEGRADED
-    return EXIT_OK
+        return ExitCode.DEGRADED
+    return ExitCode.PASS
 
 
 def cmd_probe(argv: list[str]) -> int:
@@ -426,7 +429,7 @@ def cmd_probe(argv: list[str]) -> int:
         floor = ref.header.storage_floor
         print(f"reference: {path} ({len(ref.target_lp)} positions, top-{ref.header.top_k}, {ref.header.logprob_dtype}; "
               f"storage floor mean KL {floor['kl_mean']:.2e}, max {floor['kl_max']:.2e})")  # fmt: skip
-        return EXIT_OK
+        return ExitCode.PASS
     if args.reference is None:
         raise UserError("probe: give --reference REF to score --model, or --build-reference --out REF")
     if args.backend == "openai":
@@ -443,7 +446,7 @@ def cmd_probe(argv: list[str]) -> int:
             print(msgspec.json.encode(probe).decode())
         else:
             print(format_endpoint_probe(probe))
-        return EXIT_DEGRADED if args.gate is not None and not probe.summary.kl_mean <= args.gate else EXIT_OK
+        return ExitCode.DEGRADED if args.gate is not None and not probe.summary.kl_mean <= args.gate else ExitCode.PASS
     summary = probe_run.score_candidate(model=args.model, reference=args.reference, backend=args.backend, dtype=args.dtype, tp=args.tp)
     if args.json:
         import msgspec
@@ -451,7 +454,7 @@ def cmd_probe(argv: list[str]) -> int:
         print(msgspec.json.encode(summary).decode())
     else:
         print(format_summary(summary, args.model))
-    return EXIT_DEGRADED if args.gate is not None and not summary.kl_mean <= args.gate else EXIT_OK
+    return ExitCode.DEGRADED if args.gate is not None and not summary.kl_mean <= args.gate else ExitCode.PASS
 
 
 def _early_stop_baseline(args, plan, run_dir: Path, waive: tuple[str, ...]):
@@ -469,49 +472,64 @@ def _early_stop_baseline(args, plan, run_dir: Path, waive: tuple[str, ...]):
     return resolved.run
 
 
-def _compare_and_print(
-    base, cand, alpha: float, waive: tuple[str, ...], as_json: bool, allow_incomplete: bool = False, margin: float | None = None
-) -> int:
+def _grade_options(args, waive: tuple[str, ...]):
+    """The grading flags of run / compare / report / sweep as GradeOptions (bad values: one line)."""
+    from engine.grade import SIGNALS, GradeOptions
+    from engine.grade.decide import KL_GATE_MEAN, KL_GATE_TOP1
+
+    if args.margin is not None and not args.margin > 0:
+        raise UserError(f"--margin {args.margin}: give a positive number of accuracy points, e.g. --margin 2")
+    signals = None
+    if args.signals:
+        signals = tuple(s.strip() for s in args.signals.split(",") if s.strip())
+        unknown = [s for s in signals if s not in SIGNALS]
+        if unknown or not signals:
+            raise UserError(f"--signals {args.signals}: unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(SIGNALS)}")
+    return GradeOptions(
+        alpha=args.alpha, waive=waive, allow_incomplete=args.allow_incomplete,
+        margin=None if args.margin is None else args.margin / 100, signals=signals,
+        kl_gate_mean=KL_GATE_MEAN if args.kl_gate is None else args.kl_gate,
+        kl_gate_top1=KL_GATE_TOP1 if args.kl_top1_gate is None else args.kl_top1_gate / 100,
+    )  # fmt: skip
+
+
+def _grade_and_print(base, cand, options, as_json: bool) -> int:
+    """Load what grading needs, grade, save verdict.json beside the candidate's records, print it."""
+    from engine.grade import encode, text
+    from engine.grade.load import grade_runs, write_verdict
+
+    verdict = grade_runs(base, cand, options)
+    _save_verdict(write_verdict, cand.dir, verdict)
+    if as_json:
+        sys.stdout.write(encode(verdict).decode())
+    else:
+        print(text.format_verdict(verdict))
+        _print_trait_tables(verdict)
+    return verdict.exit_code
+
+
+def _save_verdict(write_verdict, run_dir, verdict) -> None:
+    try:
+        write_verdict(run_dir, verdict)
+    except OSError as exc:  # a read-only run dir (a shared baseline store): the verdict is still printed
+        print(f"warning: verdict.json not written in {run_dir}: {exc.strerror or exc}", file=sys.stderr)
+
+
+def _print_trait_tables(verdict) -> None:
     import msgspec
 
-    from engine import baselines, compare, judge
+    from engine import traits_report
 
-    if margin is not None and not margin > 0:
-        raise UserError(f"--margin {margin}: give a positive number of accuracy points, e.g. --margin 2")
-    grading = dict(alpha=alpha, waive=waive, allow_incomplete=allow_incomplete, margin=None if margin is None else margin / 100)
-    judged = {b.name for b in judge.judged_benches(cand.spec)}
-    if not judged:
-        result = compare.compare_runs(base, cand, **grading)
-        compare.print_comparison(result, as_json=as_json)
-        return _exit_code(result)
-    # Judged benches are graded from their judgments (engine/traits_report.py); compare gets the rest.
-    baselines.check_comparable(base, cand, waive)
-    code, printed = EXIT_OK, None
-    rest = [b for b in cand.spec.benches if b.name not in judged]
-    if any(b.name in {x.name for x in base.spec.benches} for b in rest):
-        strip = [(run, [b for b in run.spec.benches if b.name not in judged]) for run in (base, cand)]
-        base_rest, cand_rest = (
-            msgspec.structs.replace(run, spec=msgspec.structs.replace(run.spec, benches=tuple(keep)))
-            for run, keep in strip
-        )
-        result = compare.compare_runs(base_rest, cand_rest, **grading)
-        if as_json:
-            printed = {"comparison": msgspec.to_builtins(result)}
-        else:
-            compare.print_comparison(result)
-        code = _exit_code(result)
-    traits_code = _print_traits(cand, base, alpha, as_json, printed)
-    return traits_code or code
-
-
-def _exit_code(result) -> int:
-    return EXIT_DEGRADED if result.degraded else EXIT_INCOMPLETE if result.incomplete else EXIT_OK
+    for table in verdict.traits:
+        print()
+        print(traits_report.format_report(msgspec.convert(table.report, traits_report.TraitsReport)))
 
 
 def cmd_compare(argv: list[str]) -> int:
     from engine.records import read_run
 
-    p = argparse.ArgumentParser(prog="python -m engine compare", description="Grade run CAND against baseline run BASE.")
+    p = argparse.ArgumentParser(prog="python -m engine compare", description="Grade run CAND against baseline run BASE.",
+        epilog=exit_code_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("base", type=Path, help="baseline run directory")
     p.add_argument("cand", type=Path, help="candidate run directory")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level, in (0, 1) (default 0.05)")
@@ -521,9 +539,7 @@ def cmd_compare(argv: list[str]) -> int:
     args = p.parse_args(argv)
     checks.alpha(args.alpha)
     waive = _waivers(args.allow_differ)
-    return _compare_and_print(
-        read_run(args.base), read_run(args.cand), args.alpha, waive, args.json, args.allow_incomplete, args.margin
-    )
+    return _grade_and_print(read_run(args.base), read_run(args.cand), _grade_options(args, waive), args.json)
 
 
 def cmd_report(argv: list[str]) -> int:
@@ -533,6 +549,8 @@ def cmd_report(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="python -m engine report",
         description="Write a self-contained HTML report of RUN (graded against a baseline when one is given or found).",
+        epilog=exit_code_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run", type=Path, help="run directory to report")
     p.add_argument("--baseline", default=None, help="baseline run dir or name under baselines/ (default: found by model)")
@@ -558,15 +576,20 @@ def cmd_report(argv: list[str]) -> int:
         # Nothing was asked for: a baseline that does not line up just means a report of the run alone.
         print(f"{exc}\nreporting {args.run} on its own", file=sys.stderr)
         base = None
-    result = report.write_report(
-        cand, base, args.html, alpha=args.alpha, waive=waive, allow_incomplete=args.allow_incomplete,
-        margin=None if args.margin is None else args.margin / 100,
-    )  # fmt: skip
+    verdict = None
+    if base is not None:
+        from engine.grade.load import grade_runs, write_verdict
+
+        verdict = grade_runs(base, cand, _grade_options(args, waive))
+        _save_verdict(write_verdict, cand.dir, verdict)
+    report.write_report(cand, base, args.html, verdict)
     print(f"report: {args.html}")
-    code = _exit_code(result) if result is not None else EXIT_OK
-    if judge.judged_benches(cand.spec):  # a missed trait gate exits as `compare` does
-        code = traits_report.gates_exit(traits_report.traits_report(cand, base, args.alpha)) or code
-    return code
+    if verdict is not None:
+        print(f"verdict: {verdict.headline}")
+        return verdict.exit_code
+    if judge.judged_benches(cand.spec):  # a run on its own: its trait gates still decide the exit code
+        return traits_report.gates_exit(traits_report.traits_report(cand, None, args.alpha))
+    return ExitCode.PASS
 
 
 def cmd_degrade(argv: list[str]) -> int:
@@ -580,7 +603,7 @@ def cmd_degrade(argv: list[str]) -> int:
     args = p.parse_args(argv)
     checks.writable_dir("--out", args.out)
     print(degrade(args.model, args.method, args.out, seed=args.seed))
-    return EXIT_OK
+    return ExitCode.PASS
 
 
 def cmd_model(argv: list[str]) -> int:
@@ -592,7 +615,7 @@ def cmd_model(argv: list[str]) -> int:
     checkpoint = models.resolve_model(args.model)
     print(checkpoint)
     print(f"fingerprint {models.checkpoint_fingerprint(checkpoint)}", file=sys.stderr)
-    return EXIT_OK
+    return ExitCode.PASS
 
 
 def cmd_data(argv: list[str]) -> int:
@@ -628,7 +651,7 @@ def cmd_data(argv: list[str]) -> int:
             failed += 1
             continue
         print(f"{name}: {hub.label()} -> {path}")
-    return UserError.exit_code if failed else EXIT_OK
+    return UserError.exit_code if failed else ExitCode.PASS
 
 
 def cmd_determinism(argv: list[str]) -> int:
@@ -678,7 +701,7 @@ def cmd_determinism(argv: list[str]) -> int:
             max_tokens=args.max_tokens, max_turns=args.max_turns, backend=args.backend, dtype=args.dtype,
             seed=args.seed, kv_cache_gib=args.kv_cache_gib, out_dir=args.out, as_json=args.json,
         )  # fmt: skip
-        return EXIT_OK
+        return ExitCode.PASS
     determinism.command(
         model=args.model,
         bench_names=[b.strip() for b in args.benches.split(",") if b.strip()],
@@ -698,7 +721,7 @@ def cmd_determinism(argv: list[str]) -> int:
         out_dir=args.out,
         as_json=args.json,
     )
-    return EXIT_OK
+    return ExitCode.PASS
 
 
 def cmd_noise_floor(argv: list[str]) -> int:
@@ -733,7 +756,7 @@ def cmd_noise_floor(argv: list[str]) -> int:
     )
     print(noise_floor.format_floor(floor))
     print(f"stored in {base_dir / 'noise_floor.json'}")
-    return EXIT_OK
+    return ExitCode.PASS
 
 
 def cmd_judge(argv: list[str]) -> int:
@@ -775,7 +798,7 @@ def cmd_import(argv: list[str]) -> int:
     lm.add_argument("--metric", default=None, help=f"per-document score (default: each task's primary metric; e.g. acc_norm, {lm_eval.MARGIN})")
     args = p.parse_args(argv)
     lm_eval.print_summary(lm_eval.import_run(args.path, args.out, args.metric), args.out)
-    return EXIT_OK
+    return ExitCode.PASS
 
 
 def cmd_sweep(argv: list[str]) -> int:
@@ -787,6 +810,8 @@ def cmd_sweep(argv: list[str]) -> int:
         description="One run per candidate against one baseline, as Ray tasks on a cluster (or one after another "
         "here), finished runs kept; then one summary table. Other flags are run flags (see `python -m engine -h`: "
         "--tier, --benches, --data-dir, --seed, --think, --alpha, ...), passed to every run.",
+        epilog=exit_code_epilog() + "\n(the sweep exits with the worst of its runs' codes)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--baseline", required=True, help="the baseline's run directory")
     p.add_argument("--models", required=True, help="comma list of candidates (checkpoint dirs or names)")
@@ -819,8 +844,7 @@ def cmd_sweep(argv: list[str]) -> int:
     # The run flags are checked here, before any run starts, by the run command's own parser.
     run = _run_parser().parse_args(["--model", "_", *run_flags])
     checks.alpha(run.alpha)
-    grading = dict(alpha=run.alpha, waive=_waivers(run.allow_differ), allow_incomplete=run.allow_incomplete,
-                   margin=None if run.margin is None else run.margin / 100)  # fmt: skip
+    grading = _grade_options(run, _waivers(run.allow_differ))
     return sweep.sweep(
         baseline=args.baseline, models=[m.strip() for m in args.models.split(",") if m.strip()], run_flags=run_flags,
         out=args.out, ray_address=args.ray_address, per_run=args.gpus_per_run, grading=grading,
@@ -908,8 +932,8 @@ def main(argv: list[str] | None = None) -> int:
         log = _log_crash(exc)
         summary = (str(exc).strip().splitlines() or [""])[0][:300]
         where = f"traceback in {log}" if log else "the traceback could not be written"
-        print(f"error: unexpected {type(exc).__name__}: {summary} ({where}); exit {EXIT_CRASH}", file=sys.stderr)
-        return EXIT_CRASH
+        print(f"error: unexpected {type(exc).__name__}: {summary} ({where}); exit {ExitCode.ERROR}", file=sys.stderr)
+        return ExitCode.ERROR
 
 
 if __name__ == "__main__":

@@ -40,10 +40,11 @@ def mean_value(records: list[ItemRecord]) -> float:
 
 
 def majority_value(records: list[ItemRecord]) -> float:
-    counts: dict[str, list[float]] = {}
+    # A sample without an answer votes for "no answer" (scored 0): blanks do not abstain, or one answer
+    # and three blanks would score maj@4 = 1 (audit defect 8).
+    counts: dict[str | None, list[float]] = {}
     for rec in records:
-        if rec.vote_key is not None:
-            counts.setdefault(rec.vote_key, []).append(rec.score)
+        counts.setdefault(rec.vote_key, []).append(rec.score if rec.vote_key is not None else 0.0)
     if not counts:
         return 0.0
     top = max(len(scores) for scores in counts.values())

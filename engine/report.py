@@ -18,8 +18,9 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
-from engine import compare, judge, pairing, stats, traits_report
-from engine.compare import BenchComparison, Comparison, _level, _p, _pct, _pts
+from engine import judge, pairing, stats, traits_report
+from engine.grade.text import _level, _p, _pct, _pts, bench_details, delta_cell, family_lines
+from engine.grade.verdict import Verdict
 from engine.pairing import PairedItems
 from engine.records import Run
 from engine.traits_report import TraitsReport
@@ -63,7 +64,7 @@ def _esc(x: object) -> str:
 # Comparison
 
 
-def _summary_table(cmp: Comparison) -> str:
+def _summary_table(cmp: Verdict) -> str:
     head = (
         "<tr><th class=l>bench</th><th>n</th><th>baseline</th><th>candidate</th>"
         "<th>Δ pts [interval]</th><th>level</th><th>b / c</th><th>p</th><th>p Holm</th><th>mid-p</th>"
@@ -75,7 +76,7 @@ def _summary_table(cmp: Comparison) -> str:
         n = f"{r.n}" if r.n == r.n_baseline else f"{r.n}/{r.n_baseline}"
         rows.append(
             f"<tr><td class=l>{_esc(r.bench)}</td><td>{n}</td><td>{_pct(r.base_acc)}</td><td>{_pct(r.cand_acc)}</td>"
-            f"<td>{_esc(compare.delta_cell(r))}</td><td>{_level(r.ci_level)}</td><td>{r.b} / {r.c}</td>"
+            f"<td>{_esc(delta_cell(r))}</td><td>{_level(r.ci_level)}</td><td>{r.b} / {r.c}</td>"
             f"<td>{_p(r.p_two_sided)}</td><td>{_p(r.p_holm) if r.in_family else 'out'}</td><td>{_p(r.p_two_sided_midp)}</td>"
             f"<td>{100 * r.drop_bound:.1f}</td>"
             f"<td>{_pct(r.base_trunc)} → {_pct(r.cand_trunc)}{' ⚠' if r.truncation.flagged else ''}</td>"
@@ -84,7 +85,7 @@ def _summary_table(cmp: Comparison) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
-def _forest_plot(cmp: Comparison) -> str:
+def _forest_plot(cmp: Verdict) -> str:
     plt = _plt()
     rows = [r for r in cmp.benches if r.n]
     fig, ax = plt.subplots(figsize=(8, 0.6 * len(rows) + 1.2))
@@ -151,7 +152,7 @@ def _strata_table(r: BenchComparison) -> str:
     )
 
 
-def _truncation_plot(cmp: Comparison) -> str:
+def _truncation_plot(cmp: Verdict) -> str:
     plt = _plt()
     rows = cmp.benches
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.2))
@@ -187,14 +188,8 @@ def _length_plot(items: PairedItems, cap: int) -> str:
     return _png(fig)
 
 
-def _comparison_page(cmp: Comparison, base: Run, cand: Run) -> str:
-    parts = [
-        f"<h1>Degradation report: {_esc(cmp.candidate_model)} vs {_esc(cmp.baseline_model)}</h1>",
-        f"<p class=muted>baseline {_esc(cmp.baseline)}<br>candidate {_esc(cmp.candidate)}</p>",
-        f"<p class={'bad' if cmp.degraded else 'good'}>verdict: {_esc(cmp.verdict_line)} at α={cmp.alpha}</p>",
-    ]
-    parts += [f"<div class=flag>⚠ canary: {_esc(f)}</div>" for f in cmp.flags]
-    parts += [f"<div class=flag>compared despite differing {_esc(f)}: {_esc(b)} vs {_esc(c)}</div>" for f, b, c in cmp.waived]
+def _comparison_page(cmp: Verdict, base: Run, cand: Run) -> str:
+    parts = [f"<div class=flag>compared despite differing {_esc(d.field)}: {_esc(d.baseline)} vs {_esc(d.candidate)}</div>" for d in cmp.waived]
     parts += [_summary_table(cmp), f"<p class=muted>method: {_esc(cmp.method)}</p>"]
     parts += ["<h2>Δ per bench</h2>", _forest_plot(cmp)]
     parts += ["<h2>Truncation</h2>", _truncation_plot(cmp)]
@@ -202,7 +197,7 @@ def _comparison_page(cmp: Comparison, base: Run, cand: Run) -> str:
     for r in cmp.benches:
         parts.append(f"<h2>{_esc(r.bench)}</h2>")
         parts.append(f"<p>{_esc(r.test)}; per item: {_esc(r.per_item)}; Δ interval: {_esc(r.ci_method)}. <b>{_esc(r.verdict)}</b></p>")
-        parts += [f"<p>{_esc(line.strip())}</p>" for line in compare._bench_details(r)[1:] if line.strip().startswith(("missing", "non-inferiority", "planned", "within-item", "maj@", "avg@", "left out"))]
+        parts += [f"<p>{_esc(line.strip())}</p>" for line in bench_details(r)[1:] if line.strip().startswith(("missing", "non-inferiority", "planned", "within-item", "maj@", "avg@", "left out"))]
         if r.early_stop is not None:
             es = r.early_stop
             parts.append(
@@ -363,35 +358,39 @@ def _probe_panel(run: Run) -> str:
     return f"<h2>KL probe (tier 0)</h2><pre>{_esc(format_summary(summary, '(tier 0)'))}</pre>"
 
 
-def write_report(
-    cand: Run,
-    base: Run | None,
-    out: Path,
-    alpha: float = 0.05,
-    waive: tuple[str, ...] = (),
-    allow_incomplete: bool = False,
-    margin: float | None = None,
-) -> Comparison | None:
-    """Write the page; return the comparison (None for a run on its own, or one of judged benches only)."""
+def _verdict_panel(v: Verdict) -> str:
+    """The decision as `compare` prints it: headline, reasons, every family and gate, notes."""
+    css = "good" if v.decision in ("PASS", "EQUIVALENT") else "bad"
+    parts = [f"<p class={css}>verdict: {_esc(v.headline)} at α={v.alpha}</p>"]
+    parts += [f"<div class=flag>⚠ {_esc(r)}</div>" for r in v.reasons]
+    parts += [f"<div class=flag>{_esc(d.field)}: baseline {_esc(d.baseline)} vs candidate {_esc(d.candidate)} ({_esc(d.remedy)})</div>"
+              for d in v.differences]  # fmt: skip
+    if v.decision != "NOT_COMPARABLE":
+        parts.append("<pre>" + _esc("\n".join(family_lines(v)).strip()) + "</pre>")
+    parts += [f"<p class=muted>{_esc(n)}</p>" for n in v.notes]
+    return "".join(parts)
+
+
+def write_report(cand: Run, base: Run | None, out: Path, verdict: Verdict | None = None) -> None:
+    """Write the page: the verdict `grade` returned (this page decides nothing), its bench tables and
+    plots, the trait tables, the probe panel; a run on its own without a verdict."""
     judged = {b.name for b in judge.judged_benches(cand.spec)}
-    # Judged benches are graded from their judgments (their records all score 0): the trait tables,
-    # exactly as `compare` prints them; the comparison and the accuracy pages get the other benches.
-    traits = traits_report.traits_report(cand, base, alpha) if judged else []
     cand_rest = _without(cand, judged)
-    cmp = None
-    if base is not None and any(b.name in {x.name for x in base.spec.benches} for b in cand_rest.spec.benches):
-        base_rest = _without(base, judged)
-        cmp = compare.compare_runs(base_rest, cand_rest, alpha=alpha, waive=waive, allow_incomplete=allow_incomplete, margin=margin)
-        body = _comparison_page(cmp, base_rest, cand_rest)
-    elif base is None and cand_rest.spec.benches:
-        body = _single_page(cand_rest)
-    elif base is not None:
+    if verdict is not None and base is not None:
         body = (
-            f"<h1>Degradation report: {_esc(cand.spec.model)} vs {_esc(base.spec.model)}</h1>"
-            f"<p class=muted>baseline {_esc(base.dir)}<br>candidate {_esc(cand.dir)}</p>"
+            f"<h1>Degradation report: {_esc(verdict.candidate_model)} vs {_esc(verdict.baseline_model)}</h1>"
+            f"<p class=muted>baseline {_esc(verdict.baseline)}<br>candidate {_esc(verdict.candidate)}</p>"
         )
+        body += _verdict_panel(verdict)
+        if verdict.benches:
+            body += _comparison_page(verdict, _without(base, judged), cand_rest)
+        traits = [msgspec.convert(t.report, TraitsReport) for t in verdict.traits]
     else:
-        body = f"<h1>Run report: {_esc(cand.spec.model)}</h1><p class=muted>{_esc(cand.dir)} (no baseline given or found)</p>"
+        traits = traits_report.traits_report(cand, None) if judged else []
+        if cand_rest.spec.benches:
+            body = _single_page(cand_rest)
+        else:
+            body = f"<h1>Run report: {_esc(cand.spec.model)}</h1><p class=muted>{_esc(cand.dir)} (no baseline given or found)</p>"
     body += _traits_panel(traits)
     body += _probe_panel(cand)
     page = (
@@ -401,4 +400,3 @@ def write_report(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
-    return cmp

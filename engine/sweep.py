@@ -29,16 +29,19 @@ from pathlib import Path
 
 import msgspec
 
-from engine import baselines, compare
-from engine.errors import EXIT_CRASH, Interrupted, NotComparable, UserError
+from engine import baselines
+from engine.errors import EXIT_CRASH, ExitCode, Interrupted, UserError
+from engine.grade import GradeOptions
+from engine.grade.load import grade_runs, write_verdict
+from engine.grade.text import delta_cell
 from engine.records import MANIFEST_FILE, SPEC_FILE, being_written, read_run
 
-EXIT_OK, EXIT_DEGRADED, EXIT_INCOMPLETE, EXIT_GATE_FAILED = 0, 1, 5, 6
-# The sweep exits with the worst of its runs' exit codes (engine/__main__.py's scheme), worst last: a
-# run that did not give an answer (interrupted, crashed, bad input, not comparable, incomplete) outranks
-# any answer, and a failed trait gate outranks a plain degradation, as in a single run.
-SEVERITY = (EXIT_OK, EXIT_DEGRADED, EXIT_GATE_FAILED, EXIT_INCOMPLETE, NotComparable.exit_code, UserError.exit_code,
-            EXIT_CRASH, Interrupted.exit_code)  # fmt: skip
+EXIT_OK, EXIT_DEGRADED, EXIT_INCOMPLETE, EXIT_GATE_FAILED = ExitCode.PASS, ExitCode.DEGRADED, ExitCode.INCOMPLETE, ExitCode.GATE_FAILED
+# The sweep exits with the worst of its runs' exit codes (engine/errors.py ExitCode), worst last: a run
+# that did not give an answer (interrupted, crashed, bad input, not comparable, invalid, incomplete)
+# outranks any answer, and a failed trait gate outranks a plain degradation, as in a single run.
+SEVERITY = (ExitCode.PASS, ExitCode.NOT_SHOWN, ExitCode.DEGRADED, ExitCode.GATE_FAILED, ExitCode.INCOMPLETE,
+            ExitCode.INVALID, ExitCode.NOT_COMPARABLE, ExitCode.BAD_INPUT, ExitCode.ERROR, ExitCode.INTERRUPTED)  # fmt: skip
 LOCAL = "local"  # --ray-address local: no Ray, the runs one after another in this process
 CHILD_STOP_WAIT_S = 120.0  # a child told to stop (SIGTERM) closes its engine and keeps its records; then SIGKILL
 PR_SET_PDEATHSIG = 1
@@ -190,27 +193,33 @@ def _probe_panel(run_dir: Path) -> ProbePanel | None:
         raise UserError(f"{path}: not a probe panel ({exc}); it is written by the harness, do not edit it") from exc
 
 
-def grade(outcome: Outcome, base, grading: dict) -> Outcome:
-    """Fill the outcome of a run from its records: compare's verdicts against the baseline, and the
-    exit code a run command would give (a run that failed keeps its own code)."""
+def grade(outcome: Outcome, base, grading: GradeOptions) -> Outcome:
+    """Fill the outcome of a run from its records: the Verdict against the baseline (engine/grade/,
+    the same value `compare` prints, saved as the run's verdict.json), and the exit code a run command
+    would give (a run that failed keeps its own code)."""
     run_dir = Path(outcome.run_dir)
     outcome.probe = _probe_panel(run_dir)
     if not finished(run_dir):
         outcome.problem = outcome.problem or "no finished run"
         return outcome
     try:
-        cmp = compare.compare_runs(base, read_run(run_dir), **grading)
-    except (NotComparable, UserError) as exc:
+        verdict = grade_runs(base, read_run(run_dir), grading)
+    except UserError as exc:
         outcome.problem = str(exc).strip().splitlines()[0]
         outcome.exit_code = max(outcome.exit_code, type(exc).exit_code, key=SEVERITY.index)
         return outcome
+    try:
+        write_verdict(run_dir, verdict)
+    except OSError as exc:
+        _say(f"{outcome.name}: verdict.json not written ({exc.strerror or exc})")
+    if verdict.decision == "NOT_COMPARABLE":
+        outcome.problem = verdict.headline
     outcome.benches = {
-        r.bench: BenchCell(verdict=r.verdict, delta=r.delta, delta_ci=r.delta_ci, p_holm=r.p_holm, shown=compare.delta_cell(r))
-        for r in cmp.benches
+        r.bench: BenchCell(verdict=r.verdict, delta=r.delta, delta_ci=r.delta_ci, p_holm=r.p_holm, shown=delta_cell(r))
+        for r in verdict.benches
     }
-    outcome.verdict_line = cmp.verdict_line
-    graded = EXIT_DEGRADED if cmp.degraded else EXIT_INCOMPLETE if cmp.incomplete else EXIT_OK
-    outcome.exit_code = max(outcome.exit_code, graded, key=SEVERITY.index)
+    outcome.verdict_line = verdict.headline
+    outcome.exit_code = max(outcome.exit_code, verdict.exit_code, key=SEVERITY.index)
     return outcome
 
 
@@ -259,7 +268,9 @@ def _say(message: str) -> None:
 
 def _outcome_of_code(candidate: Candidate, code: int, wall_s: float) -> Outcome:
     # A run graded DEGRADED (1), INCOMPLETE (5) or gate-failed (6) still finished: grade() reads it.
-    failed = code not in (EXIT_OK, EXIT_DEGRADED, EXIT_INCOMPLETE, EXIT_GATE_FAILED)
+    # A run that gave a verdict (whatever it is) ran; the others failed before one.
+    failed = code not in (ExitCode.PASS, ExitCode.DEGRADED, ExitCode.INCOMPLETE, ExitCode.GATE_FAILED, ExitCode.NOT_SHOWN,
+                          ExitCode.INVALID, ExitCode.NOT_COMPARABLE)
     status = "interrupted" if code == Interrupted.exit_code else "failed" if failed else "ran"
     problem = f"the run exited {code}: see {candidate.run_dir.parent / 'logs' / (candidate.name + '.log')}" if failed else ""
     return Outcome(name=candidate.name, model=candidate.model, run_dir=str(candidate.run_dir), exit_code=code,
@@ -364,7 +375,7 @@ def sweep(
     out: Path,
     ray_address: str | None,
     per_run: int | None,
-    grading: dict,
+    grading: GradeOptions,
     local_cpus: int | None = None,
     as_json: bool = False,
     expected: dict[str, object] | None = None,

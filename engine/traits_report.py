@@ -17,11 +17,12 @@ from __future__ import annotations
 import msgspec
 
 from engine import stats
+from engine.errors import ExitCode
 from engine.judge import Agreement, agreement, judged_benches, verdicts
 from engine.records import ItemRecord, Run, answered
 from engine.spec import BenchSpec
 
-EXIT_GATE_FAILED = 6
+EXIT_GATE_FAILED = ExitCode.GATE_FAILED
 
 
 class TraitRow(msgspec.Struct, kw_only=True):

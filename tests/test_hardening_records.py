@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from engine import runner
-from engine.compare import compare_runs, format_table
+from engine.compare import compare_runs, format_verdict
 from engine.errors import UserError
 from engine.records import (
     MANIFEST_FILE,
@@ -200,7 +200,7 @@ def test_manifest_is_verified_and_reported_by_compare(tmp_path):
     base_dir = _run_dir(tmp_path, "base", {"a": 1, "b": 1, "c": 0, "d": 1}, "m")
     cand_dir = _run_dir(tmp_path, "cand", {"a": 1, "b": 0, "c": 0, "d": 1}, "c")
     write_manifest(base_dir, ["arith"])
-    text = format_table(compare_runs(read_run(base_dir), read_run(cand_dir)))
+    text = format_verdict(compare_runs(read_run(base_dir), read_run(cand_dir)))
     assert "baseline manifest verified (1 files); candidate manifest absent (run not completed)" in text
     # A valid, correctly sealed record appended after completion still changes the file: caught.
     path = records_path(base_dir, "arith")

@@ -180,7 +180,7 @@ def test_int3_candidate_is_flagged(tmp_path, capsys):
     assert margin.bench == "mmlu_pro_local" and margin.n == 30
     assert margin.delta < 0 and margin.p_degraded < 0.05
     # compare reports both: the binary verdict, and the margin test flagging the candidate.
-    assert any("log-likelihood margin" in f and "lower in the candidate" in f for f in cmp.flags)
+    assert any("log-likelihood margin" in f and "lower in the candidate" in f for f in cmp.reasons)
     capsys.readouterr()
     assert main(["compare", str(tmp_path / "base"), str(tmp_path / "int3")]) == 0  # the primary metric: no verdict
     out = capsys.readouterr().out

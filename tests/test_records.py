@@ -108,7 +108,7 @@ def test_waiving_seed_is_reported(tmp_path):
     base = write_run(tmp_path / "base", make_spec(), {"a": 1})
     cand = write_run(tmp_path / "cand", make_spec(seed=7), {"a": 1})
     result = compare_runs(base, cand, waive=("seed",))
-    assert result.waived == [("seed", 0, 7)]
+    assert [(d.field, d.baseline, d.candidate) for d in result.waived] == [("seed", 0, 7)]
     with pytest.raises(UserError, match="not a waivable field"):
         compare_runs(base, cand, waive=("tier",))
 

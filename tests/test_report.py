@@ -117,8 +117,8 @@ def test_no_change_says_what_drop_it_excludes(tmp_path):
     assert row.verdict == f"no change detected: no drop > {100 * row.drop_bound:.1f} pts"
     assert row.drop_bound == pytest.approx(-row.delta_ci[0])
     assert 0.02 < row.drop_bound < 0.1
-    assert not cmp.degraded
-    assert "no degradation detected" in cmp.verdict_line
+    assert not (cmp.decision == "DEGRADED")
+    assert "no degradation detected" in cmp.headline
 
 
 def test_improved_bench(tmp_path):
@@ -167,8 +167,8 @@ def test_truncation_canary_fires_while_accuracy_holds(tmp_path):
     assert row.verdict.startswith("no change detected")
     assert row.truncation.flagged and row.truncation.up == 40 and row.truncation.down == 0
     assert row.length.flagged  # capped completions are also longer
-    assert any("cap" in f for f in cmp.flags)
-    assert "⚠ canary" in compare.format_table(cmp)
+    assert any("cap" in f for f in cmp.reasons)
+    assert "⚠ canary" in compare.format_verdict(cmp)
 
 
 def test_length_canary_quiet_when_lengths_do_not_move(tmp_path):
@@ -216,7 +216,7 @@ def test_holm_across_benches_and_combined_verdict(tmp_path):
     arith, gsm8k = cmp.benches
     assert [arith.p_holm, gsm8k.p_holm] == pytest.approx(stats.holm([arith.p_two_sided, gsm8k.p_two_sided]))
     assert arith.p_two_sided < 0.05 <= arith.p_holm  # significant alone, not after Holm
-    assert not cmp.degraded and cmp.verdict_line == "no degradation detected on 2 bench(es)"
+    assert not (cmp.decision == "DEGRADED") and cmp.headline == "no degradation detected on 2 bench(es)"
     assert "Holm over the 2 bench(es)" in cmp.method
     # Not rejected: both intervals at alpha / 2 and both contain 0.
     assert arith.ci_level == pytest.approx(0.975) and arith.delta_ci[0] < 0 < arith.delta_ci[1]
@@ -227,7 +227,7 @@ def test_holm_across_benches_and_combined_verdict(tmp_path):
     # Each interval sits at the Holm step that rejected its bench, and excludes 0.
     assert (arith.ci_level, gsm8k.ci_level) == pytest.approx((0.975, 0.95))
     assert arith.delta_ci[1] < 0 and gsm8k.delta_ci[1] < 0
-    assert cmp.verdict_line == "DEGRADED: arith, gsm8k (2 of 2 benches)"
+    assert cmp.headline == "DEGRADED: arith, gsm8k (2 of 2 benches)"
 
 
 def test_cli_json_carries_the_table_numbers(tmp_path, capsys):
@@ -378,7 +378,7 @@ def test_html_report_is_self_contained_with_its_plots(tmp_path):
     assert len(page.images) == 4
     assert all(img.startswith(b"\x89PNG\r\n\x1a\n") and len(img) > 2000 for img in page.images)
     text = " ".join(page.text)
-    assert cmp.verdict_line in text
+    assert cmp.headline in text
     assert "Flip matrix" in text and "Per category" in text and "canary" in text
 
 

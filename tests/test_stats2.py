@@ -233,7 +233,7 @@ def test_a_small_category_is_not_named_by_chance(tmp_path):
     base, cand = _pair(tmp_path, big[0] + tiny[0], big[1] + tiny[1], categories=cats)
     row = compare.compare_runs(base, cand).benches[0]
     assert row.strata.moved_most == ""
-    assert "no category moved beyond chance" in compare.format_table(compare.compare_runs(base, cand))
+    assert "no category moved beyond chance" in compare.format_verdict(compare.compare_runs(base, cand))
 
 
 # --- 8. unparsed answers / scorer failures ----------------------------------------------------------------
@@ -246,7 +246,7 @@ def test_unparsed_answers_are_their_own_canary(tmp_path):
     cmp = compare.compare_runs(base, cand)
     row = cmp.benches[0]
     assert row.unparsed.up == 50 and row.unparsed.down == 0 and row.unparsed.flagged
-    assert any("no answer" in f for f in cmp.flags)
+    assert any("no answer" in f for f in cmp.reasons)
     rec = _record("q", 0.0)
     rec.extra = {"check_timed_out": True}
     assert compare.unanswered(rec)
@@ -260,7 +260,7 @@ def test_no_discordant_item_prints_bit_identical(tmp_path):
     cmp = compare.compare_runs(base, cand)
     row = cmp.benches[0]
     assert row.identical and row.verdict.startswith("no change: bit-identical on 150 items")
-    table = compare.format_table(cmp)
+    table = compare.format_verdict(cmp)
     assert "bit-identical" in table and "[+0.0, +0.0]" not in table
     cand.records["arith"][0].completion = "other text, same score"
     assert compare.compare_runs(base, cand).benches[0].verdict.startswith("no change: same score on 150 items")
@@ -279,12 +279,12 @@ def test_killed_run_is_incomplete_not_no_change(tmp_path, capsys):
     cand.records["arith"] = kept
     cmp = compare.compare_runs(base, cand)
     row = cmp.benches[0]
-    assert row.verdict.startswith("INCOMPLETE") and cmp.incomplete and not cmp.degraded
+    assert row.verdict.startswith("INCOMPLETE") and (cmp.decision == "INCOMPLETE") and not (cmp.decision == "DEGRADED")
     assert row.missing.cand_items == 6 and row.missing.potential_losses == 6
-    assert cmp.verdict_line.startswith("INCOMPLETE")
+    assert cmp.headline.startswith("INCOMPLETE")
     allowed = compare.compare_runs(base, cand, allow_incomplete=True)
-    assert not allowed.incomplete and allowed.benches[0].missing.excused == "--allow-incomplete"
-    assert "graded despite missing data" in compare.format_table(allowed)
+    assert not (allowed.decision == "INCOMPLETE") and allowed.benches[0].missing.excused == "--allow-incomplete"
+    assert "graded despite missing data" in compare.format_verdict(allowed)
     # On disk: rewrite the candidate without those items; the CLI exits 5, or grades with the flag.
     cand_dir = _write_run(tmp_path / "killed", cand.spec, {"arith": kept})
     assert main(["compare", str(base.dir), str(cand_dir)]) == 5

@@ -1,0 +1,76 @@
+"""Everything `grade` needs from disk, read in one place, and the verdict.json it leaves behind.
+
+run, compare, report and sweep call `grade_runs` (or `load_evidence` + `grade`) and a renderer; the
+decision itself (engine/grade/decide.py) reads no files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+
+from engine import sequential, traits_report
+from engine.baselines import check_gradable
+from engine.errors import UserError
+from engine.grade.decide import Evidence, GradeOptions, ProbeReading, comparability, grade
+from engine.grade.traits import TraitEvidence, TraitLine
+from engine.grade.verdict import VERDICT_FILE, Verdict, encode
+from engine.records import Run, atomic_write, read_noise_floor
+
+PROBE_FILE = "probe.json"  # probes/metrics.py PROBE_FILE: the run's tier-0 panel
+
+
+def read_probe(run_dir: Path) -> tuple[ProbeReading | None, str]:
+    path = Path(run_dir) / PROBE_FILE
+    if not path.is_file():
+        return None, ""
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=ProbeReading), ""
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise UserError(f"{path}: not a probe panel ({exc}); it is written by the harness (--probe), do not edit it") from exc
+
+
+def _trait_evidence(cand: Run, base: Run, alpha: float) -> list[TraitEvidence]:
+    judged = {b.name for b in base.spec.benches}
+    if not any("judge_prompt" in b.scoring_versions and b.name in judged for b in cand.spec.benches):
+        return []
+    out = []
+    for report in traits_report.traits_report(cand, base, alpha):
+        rows = [
+            TraitLine(trait=r.trait, name=r.name, scenarios=r.scenarios, cand_rate=r.cand_rate, base_rate=r.base_rate,
+                      delta=r.delta, p_degraded=r.p_degraded, gate=r.gate, gate_pass=r.gate_pass)  # fmt: skip
+            for r in report.rows
+        ]
+        out.append(TraitEvidence(bench=report.bench, rows=rows, report=msgspec.to_builtins(report)))
+    return out
+
+
+def load_evidence(base: Run, cand: Run, options: GradeOptions) -> Evidence:
+    """The noise floor beside the baseline, the candidate's early-stop design and probe panel, and the
+    judged benches' trait tables (only for a comparable pair: otherwise nothing is read)."""
+    if comparability(base, cand, options.waive)[0]:
+        return Evidence()
+    floor = read_noise_floor(base.dir)
+    probe, note = read_probe(cand.dir)
+    return Evidence(
+        planned_discordance={name: b.same_seed for name, b in floor.benches.items()} if floor is not None else None,
+        design=sequential.read_design(cand.dir),
+        probe=probe,
+        probe_note=note,
+        traits=_trait_evidence(cand, base, options.alpha),
+    )
+
+
+def grade_runs(base: Run, cand: Run, options: GradeOptions) -> Verdict:
+    """Refuse a run in progress or without records (UserError), load the evidence, grade."""
+    check_gradable(base, "baseline")
+    check_gradable(cand, "candidate")
+    return grade(base, cand, options, load_evidence(base, cand, options))
+
+
+def write_verdict(run_dir: Path, verdict: Verdict) -> Path:
+    """verdict.json in the candidate's run dir, atomically (a reader never sees half a file)."""
+    path = Path(run_dir) / VERDICT_FILE
+    atomic_write(path, encode(verdict))
+    return path
