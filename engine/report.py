@@ -19,6 +19,7 @@ import msgspec
 import numpy as np
 
 from engine import judge, pairing, stats, traits_report
+from engine.grade.bench import BenchComparison
 from engine.grade.text import _level, _p, _pct, _pts, bench_details, delta_cell, family_lines
 from engine.grade.verdict import Verdict
 from engine.pairing import PairedItems

@@ -62,7 +62,7 @@ def test_compare_exit_codes_follow_the_verdict(tmp_path):
     worse = run_cli("compare", str(tmp_path / "base"), str(tmp_path / "worse"), "--json")
     assert worse.returncode == 1
     result = msgspec.json.decode(worse.stdout)
-    assert result["degraded"] is True and result["benches"][0]["b"] == 12
+    assert result["decision"] == "DEGRADED" and result["exit_code"] == 1 and result["benches"][0]["b"] == 12
 
 
 def test_not_a_run_dir_exits_2(tmp_path):

@@ -102,7 +102,8 @@ def test_same_run_twice_is_no_change(tmp_path, capsys):
     capsys.readouterr()
     assert main(["compare", str(a), str(b)]) == 0
     out = capsys.readouterr().out
-    assert "NOT COMPARABLE" not in out and "no degradation detected" in out
+    # Bit-identical, but 10-30 documents cannot rule out a 5-pt drop: said, exit 0 (no --margin).
+    assert "NOT COMPARABLE" not in out and "verdict: INCONCLUSIVE: too small to rule out" in out
     # Re-importing into the same directory adds nothing and keeps what is there.
     before = {p.name: p.read_bytes() for p in (a / "records").iterdir()}
     _import(BASE, a)
@@ -179,12 +180,13 @@ def test_int3_candidate_is_flagged(tmp_path, capsys):
     (margin,) = lm_eval.margin_tests(base, cand)
     assert margin.bench == "mmlu_pro_local" and margin.n == 30
     assert margin.delta < 0 and margin.p_degraded < 0.05
-    # compare reports both: the binary verdict, and the margin test flagging the candidate.
-    assert any("log-likelihood margin" in f and "lower in the candidate" in f for f in cmp.reasons)
+    # The margin family counts in the decision (it used to be a note beside "no degradation", exit 0).
+    assert cmp.decision == "DEGRADED"
+    assert any(r.startswith("log-likelihood margin of the correct choice on mmlu_pro_local") for r in cmp.reasons)
     capsys.readouterr()
-    assert main(["compare", str(tmp_path / "base"), str(tmp_path / "int3")]) == 0  # the primary metric: no verdict
+    assert main(["compare", str(tmp_path / "base"), str(tmp_path / "int3")]) == 1
     out = capsys.readouterr().out
-    assert "⚠ canary: mmlu_pro_local: log-likelihood margin of the correct choice lower" in out
+    assert "verdict: DEGRADED: log-likelihood margin of the correct choice on mmlu_pro_local" in out
     assert "truncation, length: n/a" in out  # lm-eval records no finish reasons or token counts
 
 

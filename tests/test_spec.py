@@ -144,7 +144,7 @@ def test_endpoint_candidate_needs_engine_waived(tmp_path):
         compare_runs(base, cand)
     assert "engine.chunked_prefill: baseline False vs candidate 'unknown'" in str(exc.value)
     waived = compare_runs(base, cand, waive=specs.expand_waivers(["engine"]))
-    assert {w[0] for w in waived.waived} >= {"engine.backend", "engine.chunked_prefill", "engine.dtype"}
+    assert {w.field for w in waived.waived} >= {"engine.backend", "engine.chunked_prefill", "engine.dtype"}
 
 
 def test_dtype_spellings_are_one():

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from engine import sweep
+from engine.grade import GradeOptions
 from tests.conftest import ROOT, run_cli
 
 BASELINE = ROOT / "baselines" / "smollm2-135m" / "smoke-nothink-s0"
@@ -91,7 +92,7 @@ def scripted(tmp_path, monkeypatch):
     return read_calls
 
 
-GRADING = dict(alpha=0.05, waive=(), allow_incomplete=False, margin=None)
+GRADING = GradeOptions(alpha=0.05)
 
 
 def _sweep(tmp_path: Path, models: list[str], capsys, ray_address: str | None = "local", per_run: int | None = None,

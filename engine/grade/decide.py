@@ -31,6 +31,7 @@ from engine.grade.strata import moved_most
 from engine.grade.traits import TRAIT_GATES, TRAITS, TraitEvidence, trait_gates, trait_members
 from engine.grade.verdict import Difference, Gate, ProbeReport, TraitTable, Verdict, exit_code_of
 from engine.importers.lm_eval import MARGIN as LM_EVAL_MARGIN
+from engine.importers.lm_eval import differing_documents
 from engine.pairing import category_of, pair_items
 from engine.records import Run
 
@@ -91,7 +92,7 @@ def _not_comparable(base: Run, cand: Run, options: GradeOptions, diffs: list[Dif
     return Verdict(
         decision="NOT_COMPARABLE", exit_code=int(exit_code_of("NOT_COMPARABLE", False)),
         headline=f"⚠ NOT COMPARABLE: {_where(cand)} cannot be graded against {_where(base)}",
-        reasons=notes or [f"{d.field}: baseline {d.baseline!r} vs candidate {d.candidate!r}" for d in diffs],
+        reasons=[f"{d.field}: baseline {d.baseline!r} vs candidate {d.candidate!r}" for d in diffs] + [n.strip() for n in notes],
         signals=_signals(options), baseline=_where(base), candidate=_where(cand), baseline_model=base.spec.model,
         candidate_model=cand.spec.model, alpha=options.alpha, margin=options.margin, differences=diffs, notes=notes,
         options=_options_dict(options),
@@ -125,7 +126,11 @@ def comparability(base: Run, cand: Run, waive: tuple[str, ...]) -> tuple[list[Di
                            candidate=[b.name for b in cand.spec.benches], remedy="run the candidate on the baseline's benches")], [], [note]  # fmt: skip
     diffs = [Difference(field=d.field, baseline=d.baseline, candidate=d.candidate, remedy=remedy(d.field))
              for d in specs.diff(base.spec, cand.spec, only_benches=shared)]  # fmt: skip
-    return [d for d in diffs if d.field not in waive], [d for d in diffs if d.field in waive], []
+    blocking = [d for d in diffs if d.field not in waive]
+    notes = []
+    if blocking and base.spec.source == cand.spec.source == "lm-eval":
+        notes = differing_documents(base, cand)  # which documents differ, by doc_id
+    return blocking, [d for d in diffs if d.field in waive], notes
 
 
 def _judged(run: Run) -> set[str]:

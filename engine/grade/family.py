@@ -146,7 +146,7 @@ def combine(inputs: list[FamilyInput], alpha: float) -> list[Family]:
         elif f.members:  # measured, but no member can reach the level it would get
             left = decide_family(f.name, f.members, alpha * nominal[f.name], f.method, scale=1 / nominal[f.name])
             left.note = "no member can reach its level: took no share of alpha"
-            left.members = [msgspec.structs.replace(m, tested=False, p_adjusted=1.0, rejected=False, fired=False) for m in f.members]
+            left.members = [msgspec.structs.replace(m, tested=False, p_adjusted=1.0, rejected=False, fired=False) for m in left.members]
             left.fired = False
             out.append(left)
         else:
