@@ -61,7 +61,8 @@ def test_same_model_at_another_seed_is_not_flagged(base_run, tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     assert "compared despite differing seed" in proc.stdout
-    assert "verdict: no degradation detected" in proc.stdout
+    # Nothing fires; 150 items at another seed cannot rule out a 5-pt drop, and the headline says so.
+    assert "verdict: PASS" in proc.stdout or "verdict: INCONCLUSIVE: too small to rule out" in proc.stdout
     rerun = read_run(tmp_path / "rerun").records["arith"]
     base = {r.item_id: r for r in read_run(base_run).records["arith"]}
     assert {r.item_id for r in rerun} == set(base)

@@ -307,3 +307,30 @@ def test_defect7_small_traits_are_said_to_be_untestable():
 def test_verdict_roundtrips_as_builtins():
     v = grade(*_identical(40), GradeOptions(), Evidence())
     assert isinstance(msgspec.convert(json.loads(msgspec.json.encode(v)), dict), dict) and isinstance(v, Verdict)
+
+
+def test_defect4_early_stop_decision_and_interval_agree(tmp_path):
+    from engine import sequential, stats
+
+    design = sequential.EarlyStopDesign(alpha=0.05, family=1, share=sequential.SHARE, prior_a=stats.SEQUENTIAL_PRIOR_A, seed=0,
+                                        benches={"arith": sequential.BenchStop()})  # fmt: skip
+    disagreements = 0
+    n = 200
+    order = sorted((f"q{i}" for i in range(n)), key=lambda i: sequential.order_key(0, "arith", i))
+    for losses_first in (6, 14, 18, 20, 22):  # the losses come first in the design order, the wins at the end
+        for wins in (0, 8, 16, 24):
+            x = {i: 1.0 if k < 100 else 0.0 for k, i in enumerate(order)}
+            y = dict(x)
+            for i in order[:losses_first]:
+                y[i] = 0.0
+            for i in order[-wins:] if wins else []:
+                y[i] = 1.0
+            base = _run("base", {"arith": [_rec(i, x[i]) for i in order]})
+            cand = _run("cand", {"arith": [_rec(i, y[i]) for i in order]})
+            row = grade(base, cand, GradeOptions(signals=("accuracy",)), Evidence(design=design)).benches[0]
+            fixed = stats.exact_mcnemar_test(row.b, row.c, n)
+            decided = row.verdict.startswith(("DEGRADED", "IMPROVED"))
+            disagreements += (fixed.p_two < 1 - row.ci_level) != decided
+            lo, hi = row.delta_ci
+            assert (lo <= 0 <= hi) != decided, (row.verdict, row.delta_ci)
+    assert disagreements > 0  # the fixed-n test and the design do disagree at times: the interval follows the design

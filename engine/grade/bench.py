@@ -9,6 +9,8 @@ missing items, and the three per-bench canaries. The bench's decision is made in
 
 from __future__ import annotations
 
+import math
+
 import msgspec
 import numpy as np
 
@@ -284,6 +286,17 @@ def decide_bench(row: BenchComparison, *, rejected: bool, level: float, margin: 
     """Set the interval at the deciding level, the "no drop >" bound and the row's verdict text."""
     if row.n:
         row.delta_ci = tuple(float(v) for v in row.delta_test.interval(level))  # type: ignore[assignment]
+        if row.early_stop is not None:
+            # The design decided, the interval is fixed-n: make them say the same (audit defect 4). Not
+            # rejected: the interval is widened to hold 0. Rejected while the fixed-n interval still
+            # holds 0: its upper end is capped at 0, the side the design's always-valid looks showed.
+            lo, hi = row.delta_ci
+            if not rejected:
+                row.delta_ci = (min(lo, 0.0), max(hi, 0.0))
+            elif hi >= 0:
+                below = math.nextafter(0.0, -1.0)  # "Δ < 0", the design's one-sided finding
+                row.delta_ci = (min(lo, below), below)
+                row.ci_method += "; upper end capped below 0 by the early-stop design's rejection"
         row.drop_bound = max(0.0, -row.delta_ci[0])
         m = row.missing
         if m is not None and m.cand_items and m.excused and not (row.early_stop is not None and row.early_stop.stopped):
