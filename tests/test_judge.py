@@ -294,7 +294,8 @@ def test_gate_failure_and_degradation_per_trait_with_exit_status(tmp_path):
     assert "GATES FAILED: T1, T3" in proc.stdout
     proc = run_cli("compare", str(base.dir), str(base.dir), "--json")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["traits"][0]["gates_passed"] is True
+    verdict = json.loads(proc.stdout)
+    assert verdict["traits"][0]["report"]["gates_passed"] is True and verdict["decision"] != "GATE_FAILED"
 
 
 def test_runs_judged_by_different_judges_are_not_comparable(tmp_path):
@@ -559,7 +560,11 @@ def test_html_report_shows_the_trait_table_gates_and_noise_floor_as_the_terminal
     text = traits_report.format_report(terminal)
 
     out = tmp_path / "report.html"
-    assert report.write_report(cand, base, out) is None  # judged benches only: no accuracy comparison
+    from engine.compare import compare_runs
+
+    verdict = compare_runs(base, cand)  # judged benches only: no accuracy rows, the trait tables
+    assert verdict.benches == [] and verdict.decision == "GATE_FAILED"
+    report.write_report(cand, base, out, verdict)
     page = out.read_text()
     rows = _html_rows(page, "traits")
     assert rows[0] == ["trait", "name", "grading", "n", "base", "cand", "Δ pts", "p(holm)", "gate", "verdict"]
