@@ -218,6 +218,10 @@ def test_not_comparable_and_incomplete_print_a_verdict(tmp_path, capsys):
     v = json.loads(capsys.readouterr().out)
     assert v["decision"] == "NOT_COMPARABLE" and v["differences"][0]["field"] == "seed" and v["differences"][0]["remedy"]
     assert json.loads((other / VERDICT_FILE).read_bytes()) == v
+    (other / VERDICT_FILE).unlink()
+    assert main(["report", str(other), "--baseline", str(base_dir), "--html", str(tmp_path / "nc.html")]) == ExitCode.NOT_COMPARABLE
+    assert json.loads((other / VERDICT_FILE).read_bytes()) == v and "rerun the candidate with the baseline" in (tmp_path / "nc.html").read_text()
+    capsys.readouterr()
     short = _write(Run(dir=tmp_path / "y", spec=cand.spec, records={"arith": cand.records["arith"][:20]}), tmp_path / "short")
     assert main(["compare", str(base_dir), str(short), "--json"]) == ExitCode.INCOMPLETE
     v = json.loads(capsys.readouterr().out)
