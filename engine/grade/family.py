@@ -17,8 +17,6 @@ engine/grade/decide.py `grade(..., evidence=Evidence(families=[FamilyInput(...)]
 
 from __future__ import annotations
 
-import math
-
 import msgspec
 
 from engine import stats
@@ -153,7 +151,3 @@ def combine(inputs: list[FamilyInput], alpha: float) -> list[Family]:
             out.append(Family(name=f.name, method=f.method, measured=False, share=0.0, level=0.0, tarone_k=0, fired=False, members=[],
                               note="not measured"))  # fmt: skip
     return out
-
-
-def p_text(p: float) -> str:
-    return "-" if math.isnan(p) else f"{p:.2g}"
