@@ -17,8 +17,7 @@ from engine.grade.decide import Evidence, GradeOptions, ProbeReading, comparabil
 from engine.grade.traits import TraitEvidence, TraitLine
 from engine.grade.verdict import VERDICT_FILE, Verdict, encode
 from engine.records import Run, atomic_write, read_noise_floor
-
-PROBE_FILE = "probe.json"  # probes/metrics.py PROBE_FILE: the run's tier-0 panel
+from probes.metrics import PROBE_FILE  # the run's tier-0 panel
 
 
 def read_probe(run_dir: Path) -> tuple[ProbeReading | None, str]:
