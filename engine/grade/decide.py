@@ -232,12 +232,14 @@ def _probe(evidence: Evidence, options: GradeOptions) -> ProbeReport:
 
 
 def _items_for(row: BenchComparison, margin: float) -> int:
-    """Rough count of items whose bound would be `margin` (the bound shrinks as 1/n with no discordant
-    item, as 1/sqrt(n) otherwise)."""
+    """Rough count of items whose bound would be `margin`: from the planner's figure where the baseline
+    has a noise floor (the margin an unchanged candidate shows with 80% power at this n), else from
+    this run's bound; it shrinks as 1/n with no discordant item, as 1/sqrt(n) otherwise."""
     if not row.n or not row.drop_bound > 0:
         return row.n
-    ratio = row.drop_bound / margin
-    need = row.n * (ratio if row.b + row.c == 0 else ratio**2)
+    planned = row.planned.margin if row.planned is not None and 0 < row.planned.margin < math.inf else None
+    ratio = (planned if planned is not None else row.drop_bound) / margin
+    need = row.n * (ratio if row.b + row.c == 0 and planned is None else ratio**2)
     return int(math.ceil(need / 10) * 10)
 
 
