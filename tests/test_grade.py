@@ -153,8 +153,8 @@ def test_a_small_run_is_inconclusive_and_says_how_many_items_would_do():
     assert big.decision == "EQUIVALENT" and big.exit_code == ExitCode.PASS
     assert grade(*_identical(2000), GradeOptions(), Evidence()).decision == "PASS"
     # With the baseline's noise floor the count comes from the planner's margin at this n.
-    planned = grade(*_identical(100), GradeOptions(), Evidence(planned_discordance={"arith": 0.05}))
-    need = 100 * (planned.benches[0].planned.margin / 0.05) ** 2
+    planned = grade(*_identical(40), GradeOptions(), Evidence(planned_discordance={"arith": 0.05}))
+    need = 40 * (planned.benches[0].planned.margin / 0.05) ** 2
     assert f"~{int(np.ceil(need / 10) * 10)} items of arith would" in planned.headline
 
 
