@@ -113,7 +113,6 @@ class BenchComparison(msgspec.Struct, kw_only=True):
     unparsed: UnparsedCanary
     missing: Missing | None = None
     early_stop: EarlyStop | None = None
-    flags: list[str] = []
     verdict: str
 
 
