@@ -89,7 +89,7 @@ def _run_parser() -> argparse.ArgumentParser:
                    "'engine' for every engine field)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level of the comparison, in (0, 1) (default 0.05)")
     _grading_args(p)
-    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    p.add_argument("--json", action="store_true", help="print the verdict as JSON (the bytes of the verdict.json written into the candidate's run dir)")
     p.add_argument("--early-stop", action="store_true", help="stop a bench once its degradation is certain "
                    "(sequential test against the baseline, which must be known before the run)")
     p.add_argument("--probe", type=Path, default=None, help="tier 0: KL probe against this reference (file or dir) before the benches "
@@ -535,7 +535,7 @@ def cmd_compare(argv: list[str]) -> int:
     p.add_argument("--alpha", type=float, default=0.05, help="significance level, in (0, 1) (default 0.05)")
     p.add_argument("--allow-differ", default="", help="contract fields to waive (seed, engine.backend, engine.dtype, ..., or 'engine')")
     _grading_args(p)
-    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    p.add_argument("--json", action="store_true", help="print the verdict as JSON (the bytes of the verdict.json written into the candidate's run dir)")
     args = p.parse_args(argv)
     checks.alpha(args.alpha)
     waive = _waivers(args.allow_differ)
