@@ -222,7 +222,7 @@ def _probe(evidence: Evidence, options: GradeOptions) -> ProbeReport:
     if _counts(options, KL):
         gates = [
             Gate(name="kl mean", value=reading.kl_mean, threshold=options.kl_gate_mean, failed=not reading.kl_mean <= options.kl_gate_mean,
-                 line=f"KL tripwire: mean {reading.kl_mean:.3g} > {options.kl_gate_mean:g}"),
+                 line=f"KL tripwire: mean {reading.kl_mean:.4g} > {options.kl_gate_mean:g}"),
             Gate(name="kl top-1", value=reading.top1_agree, threshold=options.kl_gate_top1,
                  failed=not reading.top1_agree >= options.kl_gate_top1,
                  line=f"KL tripwire: same top-1 {100 * reading.top1_agree:.1f}% < {100 * options.kl_gate_top1:g}%"),
