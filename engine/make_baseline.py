@@ -80,7 +80,14 @@ def command(argv: list[str], *, run: Callable[[list[str]], int], run_parser: Cal
         f"-n{flags.limit}" if flags.limit else ""
     )
     run_dir = baselines.baselines_root() / name / run_name
-    code = run(["--model", args.model, "--tier", args.tier, *run_flags, "--baseline", "none", "--out", str(run_dir)])
+    existed = (run_dir / "spec.json").is_file()
+    try:
+        code = run(["--model", args.model, "--tier", args.tier, *run_flags, "--baseline", "none", "--out", str(run_dir)])
+    except UserError as exc:
+        if existed and "holds a run of another spec" in str(exc):  # --out is ours: name what the user can change
+            raise UserError(f"{exc.args[0].removesuffix('; choose another --out')}; give this baseline "
+                            f"another --run-name (or --name)") from None  # fmt: skip
+        raise
     if code != ExitCode.PASS:
         print(f"baseline: the run stopped (exit {code}); rerun this command to resume", file=sys.stderr)
         return code
