@@ -20,9 +20,6 @@ DEMO_BASELINE = ROOT / "baselines" / "smollm2-135m" / "smoke-nothink-s0"
 DEMO_CANDIDATE = ROOT / "tests" / "fixtures" / "demo-rtn-int3"
 START = re.compile(r"<!-- demo-output:start[^\n]*-->\n")
 END = "<!-- demo-output:end -->"
-# The verdict part of `make demo`'s output; what follows it (the method paragraph, per-bench details)
-# is the same for every run and lives in docs/statistics.md.
-KEEP_LINES = 12
 
 
 def demo_output() -> str:
@@ -36,7 +33,11 @@ def demo_output() -> str:
         )  # fmt: skip
     assert proc.returncode in (0, 1), proc.stderr[-2000:]
     lines = proc.stdout.rstrip("\n").splitlines()
-    shown = lines[:KEEP_LINES] + (["..."] if len(lines) > KEEP_LINES else [])
+    # The table, then "...", then the verdict and its reasons (the method paragraph is left out).
+    head = lines[: lines.index("")] if "" in lines else lines
+    verdict = next((i for i, line in enumerate(lines) if line.startswith("verdict")), len(lines))
+    tail = [line for line in lines[verdict:] if not line.startswith("method:")]
+    shown = head + (["...  (per bench: flips, per category, canaries)"] if verdict > len(head) else []) + tail
     return "```\n" + "\n".join(shown) + "\n```\n"
 
 
