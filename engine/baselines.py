@@ -196,7 +196,8 @@ def resolve_baseline(arg: str | None, cand: Run, model_names: list[str], waive: 
         return Resolved(run=None, message=f"{cand.dir} is itself a baseline under {baselines_root()}")
     serve_hint = (
         f"no baseline for this spec under {baselines_root()}; this run can serve as one "
-        f"(copy {cand.dir} to {baselines_root() / (names[-1] if names else 'MODEL')}/<name>/ and commit it)"
+        f"(copy {cand.dir} to {baselines_root() / (names[-1] if names else 'MODEL')}/<name>/ and commit it); "
+        f"a baseline with its KL reference and noise floor: `python -m engine baseline --model BASE --tier {cand.spec.tier}`"
     )
     if closest is None:
         return Resolved(run=None, message=serve_hint)
