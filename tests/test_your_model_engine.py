@@ -96,14 +96,13 @@ def test_a_hub_id_candidate_finds_the_baseline_without_being_told(two_commands, 
     (next(cache.glob("models--*/snapshots/*")) / "dh_degrade.json").symlink_to(candidate / "dh_degrade.json")
     proc = run_cli(
         "--model", "someone/smollm2-135m-rtn-int3", "--tier", "smoke", *QUICK, "--engine-arg", "gpu_memory_utilization=0.5",
-        cwd=workdir, env={**ENV, "HF_HUB_CACHE": str(cache)},
+        "--out", "runs/hub-candidate", cwd=workdir, env={**ENV, "HF_HUB_CACHE": str(cache)},
     )  # fmt: skip
     assert proc.returncode in (ExitCode.PASS, ExitCode.DEGRADED), proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "baselines/smollm2-135m/smoke-nothink-s0-n4" in proc.stdout
     from engine.records import read_spec
 
-    run_dir = Path(workdir, proc.stderr.split("run dir: ", 1)[1].split()[0])
-    spec = read_spec(run_dir)
+    spec = read_spec(workdir / "runs" / "hub-candidate")  # its own dir: the same weights' default dir would resume
     assert (spec.model, spec.model_repo, spec.model_revision) == ("smollm2-135m-rtn-int3", "someone/smollm2-135m-rtn-int3", COMMIT)
     assert spec.engine.engine_args == {"gpu_memory_utilization": 0.5}
 
