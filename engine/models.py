@@ -96,7 +96,7 @@ def resolve_hub(hub: HubId) -> Path:
             detail = f"revision {hub.revision} is not in {where}"
         else:
             detail = f"not in {where}"
-        raise UserError(f"--model {hub.repo}: {detail}; download it first: `{fetch}` (runs never download weights)") from None
+        raise UserError(f"--model {hub.repo}: {detail}; download it first: `{fetch}` (runs never download weights; a gated model needs `hf auth login` first)") from None
     return Path(path)
 
 

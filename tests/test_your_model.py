@@ -103,7 +103,8 @@ def test_missing_hub_model_exits_2_in_one_line_before_any_engine(tmp_path):
     proc = run_cli("--model", "nobody/nothing", "--benches", "arith", cwd=tmp_path, env={"HF_HUB_CACHE": str(tmp_path)})
     assert proc.returncode == ExitCode.BAD_INPUT, proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        f"error: --model nobody/nothing: not in {tmp_path}; download it first: `hf download nobody/nothing` (runs never download weights)"
+        f"error: --model nobody/nothing: not in {tmp_path}; download it first: `hf download nobody/nothing` (runs never download weights; "
+        f"a gated model needs `hf auth login` first)"
     ]
     assert not (tmp_path / "runs").exists() and time.monotonic() - started < 60
 
