@@ -394,12 +394,6 @@ def _probe_tier0(args, run_dir: Path) -> int:
     from probes.store import REFERENCE_FILE
 
     reference = args.probe or _baseline_reference(args, run_dir, REFERENCE_FILE)
-    if reference is not None and args.engine_arg:
-        # The probe's engine does not take --engine-arg yet: scoring the bare weights would misstate the candidate.
-        if args.probe is not None:
-            raise UserError("--probe with --engine-arg: the KL probe cannot pass engine arguments to its engine yet; drop --probe")
-        print("KL probe skipped: its engine does not take --engine-arg yet", file=sys.stderr)
-        reference = None
     if reference is None:
         if args.probe_gate is not None:
             raise UserError("--probe-gate needs a reference: pass --probe REF (built with `python -m engine probe --build-reference`)")
@@ -411,7 +405,12 @@ def _probe_tier0(args, run_dir: Path) -> int:
         summary = probe.summary
         print(format_endpoint_probe(probe))
     else:
-        summary = probe_run.score_candidate(model=args.model, reference=reference, backend=args.backend, dtype=args.dtype, tp=args.tp)
+        from engine import engine_args
+
+        summary = probe_run.score_candidate(
+            model=args.model, reference=reference, backend=args.backend, dtype=args.dtype, tp=args.tp,
+            engine_args=engine_args.validate(engine_args.parse(args.engine_arg)),  # the candidate the benches run
+        )  # fmt: skip
         print(format_summary(summary, "(tier 0)"))
     (Path(run_dir) / PROBE_FILE).write_bytes(msgspec.json.format(msgspec.json.encode(summary), indent=1))
     if args.probe_gate is not None and not summary.kl_mean <= args.probe_gate:
@@ -462,11 +461,17 @@ def cmd_probe(argv: list[str]) -> int:
     p.add_argument("--dtype", default="bfloat16", help="model dtype (default bfloat16)")
     p.add_argument("--tp", type=int, default=1, help="tensor parallel size (vllm)")
     p.add_argument("--gate", type=float, default=None, metavar="KL", help="exit 1 when mean KL exceeds KL")
+    p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="vLLM engine argument, as for a run (e.g. quantization=fp8)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = p.parse_args(argv)
+    from engine import engine_args
     from probes import run as probe_run
     from probes.metrics import format_summary
 
+    if args.engine_arg and args.backend != "vllm":
+        raise UserError(f"--engine-arg is for --backend vllm (this probe uses --backend {args.backend})")
+    extra = engine_args.validate(engine_args.parse(args.engine_arg))
     top_k = checks.top_k(args.top_k)
     checks.at_least_one("--tokens", args.tokens)
     checks.at_least_one("--tp", args.tp)
@@ -479,7 +484,7 @@ def cmd_probe(argv: list[str]) -> int:
         path, ref = probe_run.build_reference(
             model=args.model, out=out, run_dir=args.from_run, data_dir=args.data_dir, text_files=args.text, tier=args.tier,
             think=args.think, top_k=top_k, logprob_dtype=args.store_dtype, backend=args.backend, dtype=args.dtype, tp=args.tp,
-            budget=args.tokens,
+            budget=args.tokens, engine_args=extra,
         )  # fmt: skip
         floor = ref.header.storage_floor
         print(f"reference: {path} ({len(ref.target_lp)} positions, top-{ref.header.top_k}, {ref.header.logprob_dtype}; "
@@ -502,7 +507,9 @@ def cmd_probe(argv: list[str]) -> int:
         else:
             print(format_endpoint_probe(probe))
         return EXIT_DEGRADED if args.gate is not None and not probe.summary.kl_mean <= args.gate else EXIT_OK
-    summary = probe_run.score_candidate(model=args.model, reference=args.reference, backend=args.backend, dtype=args.dtype, tp=args.tp)
+    summary = probe_run.score_candidate(
+        model=args.model, reference=args.reference, backend=args.backend, dtype=args.dtype, tp=args.tp, engine_args=extra
+    )
     if args.json:
         import msgspec
 

@@ -108,14 +108,12 @@ def command(argv: list[str], *, run: Callable[[list[str]], int], run_parser: Cal
 
 
 def _probe_reference(model: str, run_dir: Path, flags: argparse.Namespace) -> list[str]:
+    from engine import engine_args
     from probes import run as probe_run
 
-    if flags.engine_arg:
-        print("KL reference skipped: the probe's engine does not take --engine-arg yet", file=sys.stderr)
-        return []
     path, ref = probe_run.build_reference(
         model=model, out=run_dir, run_dir=run_dir, data_dir=flags.data_dir, text_files=[], tier=flags.tier,
-        backend=flags.backend, dtype=flags.dtype, tp=flags.tp,
+        backend=flags.backend, dtype=flags.dtype, tp=flags.tp, engine_args=engine_args.validate(engine_args.parse(flags.engine_arg)),
     )  # fmt: skip
     print(f"KL reference: {path} ({len(ref.target_lp)} positions)")
     return ["KL reference"]

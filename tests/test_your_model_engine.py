@@ -122,6 +122,14 @@ def test_engine_arg_reaches_vllms_config(tiny_model):
             await backend.close()
 
     assert asyncio.run(started()) == (3, 3)  # the harness's own cap (16) gave way to the user's
+    # The KL probe's engine takes them too: the probe scores the candidate the benches run.
+    from engine.backends.vllm_logits import open_probe_engine
+
+    probe = open_probe_engine(tiny_model, dtype="float32", max_model_len=256, engine_args={"max_num_seqs": 3})
+    try:
+        assert probe.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs == 3
+    finally:
+        probe.close()
 
 
 def _free_port() -> int:
