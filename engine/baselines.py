@@ -32,9 +32,82 @@ def ungraded_benches(base: Run, cand: Run) -> list[str]:
     return [b.name for b in cand.spec.benches if b.name not in have]
 
 
+# What each flag-backed contract field is set with, for the remedy line.
+_RUN_FLAGS = {
+    "tier": "--tier", "seed": "--seed", "item_seed": "--item-seed", "samples": "--samples",
+    "sampling.temperature": "--temperature", "sampling.top_p": "--top-p", "sampling.top_k": "--top-k",
+    "sampling.min_p": "--min-p", "sampling.presence_penalty": "--presence-penalty",
+    "sampling.repetition_penalty": "--repetition-penalty",
+    "engine.dtype": "--dtype", "engine.tensor_parallel": "--tp", "engine.data_parallel": "--dp",
+}  # fmt: skip
+_SWITCHES = {"think": "--think", "engine.chunked_prefill": "--chunked-prefill", "engine.bs1": "--bs1",
+             "engine.prefix_caching": "--prefix-caching"}  # fmt: skip
+# What waiving a field accepts, said where the remedy offers --allow-differ.
+_WAIVER_MEANS = {
+    "seed": "the pair no longer shares per-request seeds, so sampling noise is not cancelled between them "
+    "(flips include it; harmless for greedy runs)",
+    "engine": "other batch shapes or kernels, so some flips may come from the engine rather than the model",
+}
+_BASELINE_REMAKE = "rebuild the baseline with this harness and data: `python -m engine baseline --model BASE --tier T`"
+
+
+def remedy(field: str, base_value: object, cand_value: object) -> str:
+    """One line: how to make `field` match (or when it may knowingly be waived, and what that accepts).
+
+    `field` is a contract field as `spec.diff` names it; the values are the baseline's and the candidate's.
+    """
+    waiver = ""
+    if field in specs.WAIVABLE or field.startswith("engine.args."):
+        short = field.removeprefix("engine.") if field.startswith("engine.") and not field.startswith("engine.args.") else field
+        means = _WAIVER_MEANS["seed" if field == "seed" else "engine"]
+        waiver = f", or accept it with --allow-differ {short} ({means})"
+    if specs.UNKNOWN in (base_value, cand_value):
+        known = cand_value if base_value == specs.UNKNOWN else base_value
+        return (f"the server does not reveal it (the in-process run has {known!r}): start the server with that "
+                f"setting, then grade with --allow-differ engine; or grade against a baseline served the same way")
+    if field == "engine.backend":
+        return ("an endpoint and an in-process engine: grade the endpoint against a baseline served the same way, or confirm "
+                "the server's settings match the baseline's and pass --allow-differ engine"
+                if "openai" in (base_value, cand_value) else f"rerun with --backend {base_value}{waiver}")
+    if field.startswith("engine.args."):
+        key = field.removeprefix("engine.args.")
+        how = f"without --engine-arg {key}" if base_value == specs.ABSENT_ENGINE_ARG else f"with --engine-arg {key}={base_value}"
+        return f"rerun the candidate {how}{waiver}"
+    if field in _RUN_FLAGS:
+        return f"rerun the candidate with {_RUN_FLAGS[field]} {base_value}{waiver}"
+    if field in _SWITCHES:
+        flag = _SWITCHES[field]
+        on = flag if base_value else ("--no-think" if flag == "--think" else f"no {flag}")
+        return f"rerun the candidate with {on}{waiver}"
+    if field == "source":
+        return "an imported lm-eval run is graded only against another imported run; import (or run) both sides the same way"
+    if field.startswith("lm_eval."):
+        return f"run lm-eval for both sides with the same settings{waiver}"
+    if field == "scoring_version":
+        return f"the scoring code changed since the baseline was made: {_BASELINE_REMAKE}"
+    bench, _, what = field.partition(".")
+    if base_value == "<not in baseline>":
+        return f"the baseline did not run {bench}: drop it from --benches, or rebuild the baseline with it"
+    if what in ("n_items", "items_fingerprint"):
+        return f"other {bench} items: rerun with the baseline's --tier, --limit and --item-seed (it ran {bench} at its own)"
+    if what == "max_tokens":
+        return f"rerun the candidate with --max-tokens {base_value} (or rebuild the baseline with the candidate's cap)"
+    if what == "samples":
+        return f"rerun the candidate with --samples {base_value}"
+    if what == "data_fingerprint":
+        return f"other {bench} data: give both runs the same --data-dir (or the same pinned files), or {_BASELINE_REMAKE}"
+    if what in ("version", "scoring_versions", "per_item", "source_fields"):
+        return f"the {bench} bench changed since the baseline was made: {_BASELINE_REMAKE}"
+    return f"make it match the baseline ({base_value!r}){waiver}"
+
+
 def _not_comparable(base: Run, cand: Run, diffs: list[specs.Difference], head: str | None = None) -> NotComparable:
     lines = [head or f"⚠ NOT COMPARABLE: {cand.dir} cannot be graded against {base.dir}"]
-    lines += [f"  {d.field}: baseline {d.baseline!r} vs candidate {d.candidate!r}" for d in diffs]
+    hidden = [d.field.removeprefix("engine.") for d in diffs if d.candidate == specs.UNKNOWN or d.baseline == specs.UNKNOWN]
+    if hidden:
+        lines.append(f"  an endpoint hides its engine settings ({', '.join(hidden)}): unknown, not known to differ; "
+                     f"confirm the server runs the baseline's, then --allow-differ engine")  # fmt: skip
+    lines += [f"  {d.field}: baseline {d.baseline!r} vs candidate {d.candidate!r} -> {remedy(d.field, d.baseline, d.candidate)}" for d in diffs]
     return NotComparable("\n".join(lines))
 
 
@@ -66,7 +139,7 @@ def check_comparable(base: Run, cand: Run, waive: tuple[str, ...] = (), *, plann
             f"(baseline: {', '.join(b.name for b in base.spec.benches)}; candidate: {', '.join(b.name for b in cand.spec.benches)})"
         )
     diffs = specs.diff(base.spec, cand.spec, only_benches=shared)
-    blocking = [d for d in diffs if d.field not in waive]
+    blocking = [d for d in diffs if not specs.waived(d.field, waive)]
     if blocking:
         error = _not_comparable(base, cand, blocking)
         if base.spec.source == cand.spec.source == "lm-eval":
@@ -74,7 +147,7 @@ def check_comparable(base: Run, cand: Run, waive: tuple[str, ...] = (), *, plann
 
             error = NotComparable("\n".join([str(error), *differing_documents(base, cand)]))
         raise error
-    return [d for d in diffs if d.field in waive]
+    return [d for d in diffs if specs.waived(d.field, waive)]
 
 
 class Resolved(msgspec.Struct, kw_only=True):
@@ -111,7 +184,7 @@ def resolve_baseline(arg: str | None, cand: Run, model_names: list[str], waive: 
                 continue
             shared = shared_benches(base, cand)
             diffs = specs.diff(base.spec, cand.spec, only_benches=set(shared)) if shared else []
-            blocking = [d for d in diffs if d.field not in waive]
+            blocking = [d for d in diffs if not specs.waived(d.field, waive)]
             if shared and not blocking:
                 if best is None or len(shared) > best[0]:
                     best = (len(shared), base)
@@ -123,7 +196,8 @@ def resolve_baseline(arg: str | None, cand: Run, model_names: list[str], waive: 
         return Resolved(run=None, message=f"{cand.dir} is itself a baseline under {baselines_root()}")
     serve_hint = (
         f"no baseline for this spec under {baselines_root()}; this run can serve as one "
-        f"(copy {cand.dir} to {baselines_root() / (names[-1] if names else 'MODEL')}/<name>/ and commit it)"
+        f"(copy {cand.dir} to {baselines_root() / (names[-1] if names else 'MODEL')}/<name>/ and commit it); "
+        f"a baseline with its KL reference and noise floor: `python -m engine baseline --model BASE --tier {cand.spec.tier}`"
     )
     if closest is None:
         return Resolved(run=None, message=serve_hint)

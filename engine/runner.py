@@ -178,9 +178,13 @@ def plan_run(
         fingerprint = "served:" + hashlib.sha256(f"{engine.served_model}|{engine.served_root}".encode()).hexdigest()[:16]
     else:
         fingerprint = models.checkpoint_fingerprint(checkpoint)
+        fingerprint = models.with_candidate_args(fingerprint, getattr(engine, "engine_args", {}))
+    hub = models.hub_identity(model) if not isinstance(engine, OpenAIEngine) else None
     spec = RunSpec(
         model=models.model_label(model),
         model_fingerprint=fingerprint,
+        model_repo=hub[0] if hub else None,
+        model_revision=hub[1] if hub else None,
         base_model=models.base_model_of(checkpoint) if checkpoint is not None else None,
         tier=tier,
         seed=seed,

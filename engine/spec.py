@@ -86,6 +86,9 @@ class VllmEngine(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     # and how they are started ("mp": processes of this node, "ray": a Ray cluster's nodes).
     data_parallel: int = 1
     dp_backend: str = "mp"
+    # vLLM engine arguments given with --engine-arg KEY=VALUE, as vLLM takes them. Each key's role is in
+    # ENGINE_ARG_ROLES: contract ones join the contract as `engine.args.KEY`.
+    engine_args: dict[str, Any] = {}
 
 
 class HfEngine(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="hf", tag_field="backend"):
@@ -149,6 +152,9 @@ class RunSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     source: str = "native"  # "native" (run by this harness) | "lm-eval" (imported)
     model: str  # as given on the command line (label)
     model_fingerprint: str
+    # A hub-id model's identity: the repo id and the commit the local cache resolved it to.
+    model_repo: str | None = None
+    model_revision: str | None = None
     # The model a degraded candidate was made from (`engine degrade` writes it beside the weights):
     # where its baseline is looked for, by the run and later by compare and report alike.
     base_model: str | None = None
@@ -179,6 +185,8 @@ ROLES: dict[type, dict[str, str]] = {
         # The model and its fingerprint are what a comparison is about: they are meant to differ.
         "model": INFORMATIVE,
         "model_fingerprint": INFORMATIVE,
+        "model_repo": INFORMATIVE,
+        "model_revision": INFORMATIVE,
         "base_model": INFORMATIVE,
         "tier": CONTRACT,
         "seed": CONTRACT,  # per-request seeds (common random numbers); waivable for noise-floor reruns
@@ -243,6 +251,8 @@ ROLES: dict[type, dict[str, str]] = {
         "data_parallel": CONTRACT,
         # Where the replicas run changes no numerics.
         "dp_backend": INFORMATIVE,
+        # Per key, see ENGINE_ARG_ROLES: contract keys are compared one by one as `engine.args.KEY`.
+        "engine_args": CONTRACT,
     },
     HfEngine: {
         "backend": CONTRACT,
@@ -296,6 +306,40 @@ WAIVABLE = ("seed",) + tuple(f"engine.{name}" for name in ENGINE_CONTRACT_FIELDS
 )
 
 
+# --engine-arg keys whose role is not the default (contract), each with the reason. A key not listed can
+# change what the engine computes (kernels, scheduling, numerics), so it must match.
+ENGINE_ARG_ROLES: dict[str, tuple[str, str]] = {
+    # Memory sizing decides how many requests fit at once; the harness caps the batch itself
+    # (--concurrency / max_num_seqs, which are compared), as it does for --kv-cache-gib.
+    "gpu_memory_utilization": (INFORMATIVE, "memory reserved for weights and KV cache, not what a request computes"),
+    "swap_space": (INFORMATIVE, "host memory for preempted requests; the same tokens are recomputed"),
+    "cpu_offload_gb": (INFORMATIVE, "where weights are kept between uses; the same weights are multiplied"),
+    "trust_remote_code": (INFORMATIVE, "permission to run the checkpoint's own code; that code is in the model fingerprint"),
+    "download_dir": (INFORMATIVE, "where files are cached"),
+    "max_parallel_loading_workers": (INFORMATIVE, "loading speed only"),
+    "disable_log_stats": (INFORMATIVE, "logging only"),
+    "enable_log_requests": (INFORMATIVE, "logging only"),
+    "served_model_name": (INFORMATIVE, "a name only"),
+    "distributed_timeout_seconds": (INFORMATIVE, "how long ranks wait for each other"),
+    # These make the candidate what it is, as its weights do: what the comparison measures, not a
+    # condition of it (bf16 baseline vs `--engine-arg quantization=fp8` candidate). They are folded
+    # into the run's model fingerprint instead, so a resume never mixes two of them.
+    "quantization": (INFORMATIVE, "defines the candidate (like its weights): folded into the model fingerprint"),
+    "kv_cache_dtype": (INFORMATIVE, "defines the candidate (like its weights): folded into the model fingerprint"),
+    "calculate_kv_scales": (INFORMATIVE, "defines the candidate (with kv_cache_dtype): folded into the model fingerprint"),
+    "hf_overrides": (INFORMATIVE, "defines the candidate (its config): folded into the model fingerprint"),
+    "load_format": (INFORMATIVE, "defines the candidate (which weights load): folded into the model fingerprint"),
+}
+DEFAULT_ENGINE_ARG_ROLE = (CONTRACT, "may change what the engine computes (kernels, scheduling or numerics)")
+CANDIDATE_ENGINE_ARGS = frozenset(k for k, (_, why) in ENGINE_ARG_ROLES.items() if why.startswith("defines the candidate"))
+ABSENT_ENGINE_ARG = "<vLLM default>"
+
+
+def engine_arg_role(key: str) -> tuple[str, str]:
+    """(role, reason) of an --engine-arg key."""
+    return ENGINE_ARG_ROLES.get(key, DEFAULT_ENGINE_ARG_ROLE)
+
+
 def backend_name(engine: EngineSpec) -> str:
     """The backend tag of an engine spec ("vllm", "hf", "openai")."""
     return str(type(engine).__struct_config__.tag)
@@ -304,6 +348,7 @@ def backend_name(engine: EngineSpec) -> str:
 def engine_contract(engine: EngineSpec) -> dict[str, object]:
     if isinstance(engine, VllmEngine):
         values = {name: getattr(engine, name) for name in ENGINE_CONTRACT_FIELDS if name != "backend"} | {"backend": "vllm"}
+        values |= {f"args.{k}": v for k, v in sorted(engine.engine_args.items()) if engine_arg_role(k)[0] == CONTRACT}
     elif isinstance(engine, HfEngine):
         # One whole-prompt forward per request, no cache shared between requests, one device.
         values = {
@@ -360,9 +405,11 @@ def diff(base: RunSpec, cand: RunSpec, only_benches: set[str] | None = None) -> 
         bench = key.split(".", 1)[0]
         if bench in cand_benches and (bench not in wanted or bench not in base_benches):
             continue
-        bval = base_fields.get(key, "<absent>")
+        bval = base_fields.get(key, ABSENT_ENGINE_ARG if key.startswith("engine.args.") else "<absent>")
         if bval != cval:
             diffs.append(Difference(key, bval, cval))
+    # An engine argument only the baseline set is a difference too (the candidate ran vLLM's default).
+    diffs += [Difference(k, v, ABSENT_ENGINE_ARG) for k, v in base_fields.items() if k.startswith("engine.args.") and k not in cand_fields]
     for name in sorted(wanted - base_benches):
         diffs.append(Difference(name, "<not in baseline>", "present"))
     return diffs
@@ -383,13 +430,16 @@ def resume_diff(old: RunSpec, new: RunSpec) -> list[Difference]:
 
 def expand_waivers(names: list[str]) -> tuple[str, ...]:
     """`--allow-differ` names: exact WAIVABLE fields, an engine field's own name (`tensor_parallel` for
-    `engine.tensor_parallel`), or `engine` for every engine field."""
+    `engine.tensor_parallel`), an engine argument `engine.args.KEY`, or `engine` for every engine field
+    (engine arguments included). Test a field with `waived`."""
     from engine.errors import UserError
 
     out: list[str] = []
     for name in names:
         if name == "engine":
-            out += [w for w in WAIVABLE if w.startswith("engine.")]
+            out += [w for w in WAIVABLE if w.startswith("engine.")] + [ANY_ENGINE_ARG]
+        elif name.startswith("engine.args.") and len(name) > len("engine.args."):
+            out.append(name)
         elif name in WAIVABLE:
             out.append(name)
         elif f"engine.{name}" in WAIVABLE and name != "backend":
@@ -397,6 +447,14 @@ def expand_waivers(names: list[str]) -> tuple[str, ...]:
         else:
             raise UserError(f"--allow-differ {name}: not a waivable field (choose from engine, {', '.join(WAIVABLE)})")
     return tuple(dict.fromkeys(out))
+
+
+ANY_ENGINE_ARG = "engine.args.*"
+
+
+def waived(field: str, waive: tuple[str, ...]) -> bool:
+    """Whether `--allow-differ` (expanded by expand_waivers) waives a contract field."""
+    return field in waive or (field.startswith("engine.args.") and ANY_ENGINE_ARG in waive)
 
 
 def run_key(spec: RunSpec) -> str:

@@ -62,14 +62,19 @@ def hf_rows(checkpoint: Path, dtype: str, sequences: list[np.ndarray], score_fro
     return out
 
 
-def _compute(backend: str, checkpoint: Path, dtype: str, tp: int, sequences: list[np.ndarray], score_from: list[int], jobs: list) -> list[list]:
+def _compute(
+    backend: str, checkpoint: Path, dtype: str, tp: int, sequences: list[np.ndarray], score_from: list[int], jobs: list,
+    engine_args: dict | None = None,
+) -> list[list]:
+    if engine_args and backend != "vllm":
+        raise UserError(f"--engine-arg is for --backend vllm (the probe runs --backend {backend})")
     if backend == "hf":
         return hf_rows(checkpoint, dtype, sequences, score_from, jobs)
     if backend == "vllm":
         from engine.backends.vllm_logits import open_probe_engine
 
         max_len = max(len(s) for s in sequences) + 1  # +1: the one token vLLM must generate
-        engine = open_probe_engine(checkpoint, dtype=dtype, max_model_len=max_len, tensor_parallel=tp)
+        engine = open_probe_engine(checkpoint, dtype=dtype, max_model_len=max_len, tensor_parallel=tp, engine_args=engine_args)
         try:
             return engine.run([list(s) for s in sequences], score_from, jobs)
         finally:
@@ -98,6 +103,7 @@ def build_reference(
     dtype: str = "bfloat16",
     tp: int = 1,
     budget: int | None = None,
+    engine_args: dict | None = None,
 ) -> tuple[Path, Reference]:
     from engine import models
     from engine.backends import load_tokenizer
@@ -117,7 +123,7 @@ def build_reference(
     job = BuildJob(top_k=k, logprob_dtype=logprob_dtype)
     print(f"probe: building the reference over {sum(len(s.response_ids) for s in chosen)} positions "
           f"in {len(chosen)} sequences ({backend}, top-{k})", file=sys.stderr)  # fmt: skip
-    parts = _compute(backend, checkpoint, dtype, tp, sequences, score_from, [job] * len(chosen))
+    parts = _compute(backend, checkpoint, dtype, tp, sequences, score_from, [job] * len(chosen), engine_args)
     rows = [concat(p, len(s.response_ids), f"sequence {s.id}") for p, s in zip(parts, chosen, strict=True)]
     floor = np.concatenate([r["floor_kl"] for r in rows]).astype(np.float64)
     header = Header(
@@ -162,7 +168,9 @@ def check_comparable(ref: Reference, checkpoint: Path, tokenizer) -> None:
         raise NotComparable("⚠ NOT COMPARABLE: the candidate's token ids do not index the reference's distributions\n" + "\n".join(diffs))
 
 
-def score_candidate(*, model: str, reference: Path, backend: str = "vllm", dtype: str = "bfloat16", tp: int = 1) -> metrics.Summary:
+def score_candidate(
+    *, model: str, reference: Path, backend: str = "vllm", dtype: str = "bfloat16", tp: int = 1, engine_args: dict | None = None
+) -> metrics.Summary:
     from engine import models
     from engine.backends import load_tokenizer
 
@@ -173,6 +181,6 @@ def score_candidate(*, model: str, reference: Path, backend: str = "vllm", dtype
     sequences = [ref.sequence(s) for s in range(len(ranges))]
     score_from = [int(p) - 1 for p in ref.prompt_lens]
     jobs = [ScoreJob(ids=ref.topk_ids[a:b], logprobs=ref.topk_logprobs[a:b], log_tail=ref.log_tail[a:b]) for a, b in ranges]
-    parts = _compute(backend, checkpoint, dtype, tp, sequences, score_from, jobs)
+    parts = _compute(backend, checkpoint, dtype, tp, sequences, score_from, jobs, engine_args)
     rows = [concat(p, b - a, f"sequence {ref.header.sequences[s].id}") for s, (p, (a, b)) in enumerate(zip(parts, ranges, strict=True))]
     return metrics.summarize_rows(ref, rows)

