@@ -224,7 +224,7 @@ def test_not_comparable_and_incomplete_print_a_verdict(tmp_path, capsys):
     assert json.loads((other / VERDICT_FILE).read_bytes()) == v
     (other / VERDICT_FILE).unlink()
     assert main(["report", str(other), "--baseline", str(base_dir), "--html", str(tmp_path / "nc.html")]) == ExitCode.NOT_COMPARABLE
-    assert json.loads((other / VERDICT_FILE).read_bytes()) == v and "rerun the candidate with the baseline" in (tmp_path / "nc.html").read_text()
+    assert json.loads((other / VERDICT_FILE).read_bytes()) == v and "rerun the candidate with --seed 0" in (tmp_path / "nc.html").read_text()
     capsys.readouterr()
     short = _write(Run(dir=tmp_path / "y", spec=cand.spec, records={"arith": cand.records["arith"][:20]}), tmp_path / "short")
     assert main(["compare", str(base_dir), str(short), "--json"]) == ExitCode.INCOMPLETE

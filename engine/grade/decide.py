@@ -15,7 +15,7 @@ import numpy as np
 
 from engine import sequential, stats
 from engine import spec as specs
-from engine.baselines import shared_benches, ungraded_benches
+from engine.baselines import remedy, shared_benches, ungraded_benches
 from engine.grade import canaries as cn
 from engine.grade.bench import (
     AVG,
@@ -108,10 +108,6 @@ def _signals(options: GradeOptions) -> list[str]:
     return list(SIGNALS if options.signals is None else options.signals)
 
 
-def remedy(field: str) -> str:
-    return f"rerun the candidate with the baseline's {field}, or waive it with --allow-differ {field}"
-
-
 def comparability(base: Run, cand: Run, waive: tuple[str, ...]) -> tuple[list[Difference], list[Difference], list[str]]:
     """(blocking differences, waived ones, notes); no blocking difference = comparable."""
     specs.expand_waivers(list(waive))  # an unknown name is bad input (UserError), not a difference
@@ -124,7 +120,7 @@ def comparability(base: Run, cand: Run, waive: tuple[str, ...]) -> tuple[list[Di
                 f"candidate: {', '.join(b.name for b in cand.spec.benches)})")  # fmt: skip
         return [Difference(field="benches", baseline=[b.name for b in base.spec.benches],
                            candidate=[b.name for b in cand.spec.benches], remedy="run the candidate on the baseline's benches")], [], [note]  # fmt: skip
-    diffs = [Difference(field=d.field, baseline=d.baseline, candidate=d.candidate, remedy=remedy(d.field))
+    diffs = [Difference(field=d.field, baseline=d.baseline, candidate=d.candidate, remedy=remedy(d.field, d.baseline, d.candidate))
              for d in specs.diff(base.spec, cand.spec, only_benches=shared)]  # fmt: skip
     blocking = [d for d in diffs if d.field not in waive]
     notes = []
