@@ -27,7 +27,7 @@ import sys
 import threading
 from pathlib import Path
 
-from engine import checks
+from engine import checks, evidence_commands
 from engine.errors import EXIT_CRASH, EngineFailed, Interrupted, NotComparable, UserError
 
 EXIT_OK, EXIT_DEGRADED = 0, 1
@@ -536,13 +536,19 @@ def cmd_report(argv: list[str]) -> int:
     )
     p.add_argument("run", type=Path, help="run directory to report")
     p.add_argument("--baseline", default=None, help="baseline run dir or name under baselines/ (default: found by model)")
-    p.add_argument("--html", type=Path, required=True, help="output file")
+    p.add_argument("--html", type=Path, default=None, help="output file (HTML page)")
+    p.add_argument("--markdown", type=Path, default=None, metavar="FILE", help="also (or only) write a PR comment in markdown")
+    p.add_argument("--exit-zero", action="store_true", help="exit 0 once the pages are written (default: the grade's exit code)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level, in (0, 1) (default 0.05)")
     p.add_argument("--allow-differ", default="", help="contract fields to waive (seed, engine.backend, engine.dtype, ..., or 'engine')")
     _grading_args(p)
     args = p.parse_args(argv)
     checks.alpha(args.alpha)
-    checks.writable_file("--html", args.html)
+    if args.html is None and args.markdown is None:
+        raise UserError("report: give --html FILE, --markdown FILE or both")
+    for flag, path in (("--html", args.html), ("--markdown", args.markdown)):
+        if path is not None:
+            checks.writable_file(flag, path)
     cand = read_run(args.run)
     waive = _waivers(args.allow_differ)
     try:
@@ -558,15 +564,21 @@ def cmd_report(argv: list[str]) -> int:
         # Nothing was asked for: a baseline that does not line up just means a report of the run alone.
         print(f"{exc}\nreporting {args.run} on its own", file=sys.stderr)
         base = None
-    result = report.write_report(
-        cand, base, args.html, alpha=args.alpha, waive=waive, allow_incomplete=args.allow_incomplete,
-        margin=None if args.margin is None else args.margin / 100,
-    )  # fmt: skip
-    print(f"report: {args.html}")
-    code = _exit_code(result) if result is not None else EXIT_OK
+    grading = dict(alpha=args.alpha, waive=waive, allow_incomplete=args.allow_incomplete,
+                   margin=None if args.margin is None else args.margin / 100)  # fmt: skip
+    code = EXIT_OK
+    if args.html is not None:
+        result = report.write_report(cand, base, args.html, **grading)
+        print(f"report: {args.html}")
+        code = _exit_code(result) if result is not None else EXIT_OK
+    if args.markdown is not None:
+        from engine import evidence_commands
+
+        code = evidence_commands.write_markdown(cand, base, args.markdown, grading)
+        print(f"markdown: {args.markdown}")
     if judge.judged_benches(cand.spec):  # a missed trait gate exits as `compare` does
         code = traits_report.gates_exit(traits_report.traits_report(cand, base, args.alpha)) or code
-    return code
+    return EXIT_OK if args.exit_zero else code
 
 
 def cmd_degrade(argv: list[str]) -> int:
@@ -835,6 +847,7 @@ SUBCOMMANDS = {
     "determinism": cmd_determinism, "probe": cmd_probe, "noise-floor": cmd_noise_floor, "judge": cmd_judge,
     "import": cmd_import, "sweep": cmd_sweep,
 }
+SUBCOMMANDS |= evidence_commands.SUBCOMMANDS
 SUBCOMMAND_HELP = {
     "compare": "grade run CAND against baseline run BASE",
     "report": "self-contained HTML report of a run",
@@ -848,6 +861,7 @@ SUBCOMMAND_HELP = {
     "import": "import lm-eval: an lm-evaluation-harness --log_samples output as a run directory",
     "sweep": "one run per candidate against a baseline (Ray tasks on a cluster, or one after another), one summary table",
 }
+SUBCOMMAND_HELP |= evidence_commands.HELP
 
 
 def _sigterm_as_interrupt(signum, frame) -> None:

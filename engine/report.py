@@ -18,7 +18,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
-from engine import compare, judge, pairing, stats, traits_report
+from engine import compare, judge, kl_panel, pairing, provenance, show, stats, traits_report
 from engine.compare import BenchComparison, Comparison, _level, _p, _pct, _pts
 from engine.pairing import PairedItems
 from engine.records import Run
@@ -34,6 +34,10 @@ td.l,th.l{text-align:left}
 .flag{background:#fff3cd;border:1px solid #e0c36c;padding:.4em .8em;margin:.3em 0}
 img{max-width:100%}
 .flips td{min-width:5em}
+.prov{font-size:.8em;color:#444;background:#fafafa;border:1px solid #eee;padding:.3em .8em}
+.prov td,.prov th{border:none;padding:1px 6px;text-align:left;vertical-align:top}
+.flip{border-top:1px solid #eee;margin-top:.6em} .flip pre{white-space:pre-wrap;max-height:30em;overflow:auto}
+table.sides{width:100%} table.sides td{width:50%;vertical-align:top}
 """
 
 
@@ -347,20 +351,7 @@ def _without(run: Run, names: set[str]) -> Run:
     return msgspec.structs.replace(run, spec=msgspec.structs.replace(run.spec, benches=keep))
 
 
-def _probe_panel(run: Run) -> str:
-    """The tier-0 KL probe's panel, when the run had one (written by --probe)."""
-    import msgspec
-
-    from probes.metrics import PROBE_FILE, Summary, format_summary
-
-    path = Path(run.dir) / PROBE_FILE
-    if not path.is_file():
-        return ""
-    try:
-        summary = msgspec.json.decode(path.read_bytes(), type=Summary)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        return f"<h2>KL probe (tier 0)</h2><p class=flag>{_esc(path)}: unreadable ({_esc(exc)})</p>"
-    return f"<h2>KL probe (tier 0)</h2><pre>{_esc(format_summary(summary, '(tier 0)'))}</pre>"
+FLIPS_SHOWN = 5  # flipped items per bench and direction in the report (`show` lists them all)
 
 
 def write_report(
@@ -393,7 +384,10 @@ def write_report(
     else:
         body = f"<h1>Run report: {_esc(cand.spec.model)}</h1><p class=muted>{_esc(cand.dir)} (no baseline given or found)</p>"
     body += _traits_panel(traits)
-    body += _probe_panel(cand)
+    body += kl_panel.html_section(cand, base)
+    if base is not None:
+        body += show.flips_section(base, cand, per_way=FLIPS_SHOWN)
+    body = provenance.html_header(provenance.collect(cand, base)) + body
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>degradation report</title>"
         f"<style>{_CSS}</style></head><body>{body}</body></html>"
