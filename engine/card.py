@@ -219,7 +219,8 @@ def _bars_png(card: Card) -> str:
     for y, x in zip(ys, lines, strict=True):
         if x.low == x.low:
             ax.plot([100 * x.low, 100 * x.high], [y, y], color="#263238", linewidth=1.5)
-        ax.text(1, y, f"{100 * x.accuracy:.1f}%  ({x.mode})", va="center", fontsize=8)
+        right = max(x.accuracy, x.high if x.high == x.high else 0.0)
+        ax.text(100 * right + 1.5, y, f"{100 * x.accuracy:.1f}%  ({x.mode})", va="center", fontsize=8)
     ax.set_yticks(list(ys), [x.bench for x in lines])
     ax.invert_yaxis()
     ax.set_xlim(0, 100)

@@ -99,7 +99,7 @@ def _plot(summary, ladder: Ladder | None) -> str:
     left.set_xticks(list(xs), [q for q, _ in QUANTILES])
     left.set_ylabel("per-position KL (nats)")
     left.set_title("per-position KL: quantiles", fontsize=9)
-    left.legend(fontsize=7)
+    left.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.14), ncol=2)
     names = [r.name for r in rungs] + ["candidate"]
     agree = [100 * float(r.summary["top1_agree"]) for r in rungs] + [100 * summary.top1_agree]
     right.barh(range(len(names)), agree, color=["#90a4ae"] * len(rungs) + ["#ef6c00"])

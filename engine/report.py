@@ -387,7 +387,7 @@ def write_report(
     body += kl_panel.html_section(cand, base)
     if base is not None:
         body += show.flips_section(base, cand, per_way=FLIPS_SHOWN)
-    body = provenance.html_header(provenance.collect(cand, base)) + body
+    body = body.replace("</h1>", "</h1>" + provenance.html_header(provenance.collect(cand, base)), 1)
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>degradation report</title>"
         f"<style>{_CSS}</style></head><body>{body}</body></html>"

@@ -328,7 +328,8 @@ def item_texts(bench: BenchPlan, think: bool) -> list[ItemText]:
     return [
         ItemText(
             id=item.id, question=item.question, target=item.target, category=item.category,
-            messages=bench_messages(bench.module, item, think, bench.tools),
+            # A plan assembled by hand (an importer, a test) may carry a module without messages().
+            messages=bench_messages(bench.module, item, think, bench.tools) if hasattr(bench.module, "messages") else [],
         )  # fmt: skip
         for item in bench.items
     ]

@@ -12,6 +12,7 @@ import argparse
 import html
 from pathlib import Path
 
+from engine import provenance
 from engine.evidence import Flip, Side, flips, items_of, shared_benches
 from engine.records import ItemRecord, Run
 
@@ -187,4 +188,5 @@ def cmd_show(argv: list[str]) -> int:
     limit = None if args.full else CLIP
     per_way = None if args.n == 0 else args.n
     print("\n\n".join(format_flips(base, cand, b, per_way, limit, args.data_dir) for b in benches))
+    print("\n" + "\n".join(provenance.footer_lines(provenance.collect(cand, base))))
     return 0

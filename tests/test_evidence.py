@@ -174,6 +174,31 @@ def test_show_a_multi_turn_trajectory(tmp_path):
     assert "lost: godmode t1" in text and "tool (exit 0, 40 bytes): ls -la /data" in text and "stop: turn_limit" in text
 
 
+def test_show_a_judged_bench_gives_the_judges_rationale(tmp_path):
+    from engine import judge
+    from engine.spec import BenchSpec
+    from tests.test_report import _record, _spec, _write_run
+
+    spec = _spec("m", {"trader_traits": (1, 1, {})})
+    bench = msgspec.structs.replace(spec.benches[0], scoring_versions={"judge_prompt": judge.PROMPT_VERSION, "judge_model": "J"})
+    assert isinstance(bench, BenchSpec)
+    spec = msgspec.structs.replace(spec, benches=(bench,))
+    runs = {}
+    for side, verdict, why in (("b", "PASS", "names the stop-loss"), ("c", "FAIL", "no risk limit stated")):
+        run_dir = _write_run(tmp_path / side, spec, {"trader_traits": [_record("s1-risk", 0.0)]})
+        key = judge.judgment_key("J", judge.PROMPT_VERSION, "scn", "x", 0, judge.PASS_FAIL)
+        line = judge.Judgment(
+            key=key, bench="trader_traits", item_id="s1-risk", sample=0, repeat=0, judge="J", prompt_version=judge.PROMPT_VERSION,
+            scenario="scn", seed=judge.JUDGE_SEED, verdict=verdict, attempts=1, rationale=why,
+        )  # fmt: skip
+        (run_dir / judge.JUDGMENTS_FILE).write_bytes(msgspec.json.encode(line) + b"\n")
+        runs[side] = read_run(run_dir)
+    (flip,) = evidence.flips(runs["b"], runs["c"], "trader_traits")
+    assert flip.direction == "lost" and flip.base.rationale == ["names the stop-loss"]
+    text = show.format_flip(flip)
+    assert "judge: names the stop-loss" in text and "judge: no risk limit stated" in text
+
+
 # --- HTML report: provenance, flips, KL panel -------------------------------------------------------------
 
 
