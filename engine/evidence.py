@@ -142,6 +142,14 @@ def _judged_sides(run: Run, bench: str) -> tuple[dict[str, float], dict[str, lis
     return {k: sum(v) / len(v) for k, v in values.items()}, rationale
 
 
+def item_values(run: Run, bench: str) -> tuple[dict[str, float], dict[str, list[str]]]:
+    """(item id -> its value as graded, item id -> the judge's rationale per sample for a judged bench)."""
+    spec = pairing.bench_spec(run, bench)
+    if spec.name in {b.name for b in judge.judged_benches(run.spec)}:
+        return _judged_sides(run, bench)
+    return pairing.per_item_values(spec, run.records.get(bench, [])), {}
+
+
 def flips(
     base: Run, cand: Run, bench: str, *, item_id: str | None = None, data_dir: Path | None = None
 ) -> list[Flip]:
@@ -151,13 +159,7 @@ def flips(
         raise UserError(f"--bench {bench}: not in both runs (candidate has {', '.join(b.name for b in cand.spec.benches)})")
     base_groups = pairing.grouped(base.records.get(bench, []))
     cand_groups = pairing.grouped(cand.records.get(bench, []))
-    if spec.name in {b.name for b in judge.judged_benches(cand.spec)}:
-        (base_values, base_why), (cand_values, cand_why) = _judged_sides(base, bench), _judged_sides(cand, bench)
-    else:
-        base_values, cand_values = pairing.per_item_values(spec, base.records.get(bench, [])), pairing.per_item_values(
-            spec, cand.records.get(bench, [])
-        )
-        base_why, cand_why = {}, {}
+    (base_values, base_why), (cand_values, cand_why) = item_values(base, bench), item_values(cand, bench)
     items, _ = items_of([cand, base], bench, data_dir)
     ids = [i for i in base_groups if i in cand_groups]
     if item_id is not None:

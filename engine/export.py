@@ -1,7 +1,8 @@
 """`python -m engine export RUN [--baseline B] --format csv|parquet|jsonl [--out FILE]`: one row per
 item and side, for notebooks and spreadsheets.
 
-A row holds the item's value as the grade pairs it (mean or maj@k of its samples), the mean sample
+A row holds the item's value as the grade pairs it (mean or maj@k of its samples; a judged bench: the
+share of its samples the judge passed), the mean sample
 score, the first sample's answer and finish reason, mean lengths, the shares of samples truncated or
 without an answer, whether the item flipped, and the question and gold answer where the run kept
 them. Counting rows with flip == "lost" / "gained" per bench gives the grade's b / c.
@@ -20,7 +21,7 @@ import msgspec
 
 from engine import pairing, stats
 from engine.errors import UserError
-from engine.evidence import items_of
+from engine.evidence import item_values, items_of
 from engine.records import ItemRecord, Run
 
 FORMATS = ("csv", "parquet", "jsonl")
@@ -62,9 +63,9 @@ def rows(cand: Run, base: Run | None = None) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     base_benches = {b.name for b in base.spec.benches} if base is not None else set()
     for spec in cand.spec.benches:
-        cand_values = pairing.per_item_values(spec, cand.records.get(spec.name, []))
+        cand_values, _ = item_values(cand, spec.name)
         paired = base is not None and spec.name in base_benches
-        base_values = pairing.per_item_values(pairing.bench_spec(base, spec.name), base.records.get(spec.name, [])) if paired else {}
+        base_values = item_values(base, spec.name)[0] if paired else {}
         flip_of = {}
         for item_id, c in cand_values.items():
             if item_id in base_values:

@@ -117,8 +117,9 @@ def _esc(x: object) -> str:
     return html.escape(str(x))
 
 
-def html_section(cand: Run, base: Run | None, gate: float | None = None) -> str:
-    """The probe's panel: overall and per-source tables, the plot with the ladder, the gate."""
+def html_section(cand: Run, base: Run | None, gates: list[tuple[str, bool]] | None = None) -> str:
+    """The probe's panel: overall and per-source tables, the plot with the ladder, and the tripwire's
+    gates as the grade applied them ((line, failed) each; None: the grade is not at hand)."""
     summary = read_probe(cand.dir)
     if summary is None:
         return ""
@@ -150,9 +151,9 @@ def html_section(cand: Run, base: Run | None, gate: float | None = None) -> str:
     )
     where = _nearest(summary.kl_mean, ladder)
     gate_line = (
-        f"tripwire gate: mean KL ≤ {gate:g} ({'passed' if summary.kl_mean <= gate else 'TRIPPED'})"
-        if gate is not None
-        else "tripwire: <code>--probe-gate KL</code> stops a run before its benches when the mean KL exceeds KL (no gate given for this run)"
+        "".join(f"<span class={'bad' if failed else 'good'}>tripwire: {_esc(line)}</span><br>" for line, failed in gates)
+        if gates
+        else "tripwire: <code>--probe-gate KL</code> stops a run before its benches when the mean KL exceeds KL (no gate applied to this run)"
     )
     ladder_note = (
         f"ladder: {_esc(ladder.measured)}; the candidate falls {_esc(where)}"

@@ -249,6 +249,9 @@ def test_html_report_has_provenance_flips_and_the_kl_panel_with_the_ladder(demo,
     ladder = kl_panel.find_ladder(read_run(base))
     assert [r.name for r in ladder.rungs][1:] == ["rtn-int8", "rtn-int4", "rtn-int3"]
     assert "ladder: rtn-int4" in text and "between" in text and "--probe-gate" in text
+    panel = kl_panel.html_section(read_run(cand), read_run(base), gates=[("kl mean 0.4506 > 0.1", True)])
+    assert "<span class=bad>tripwire: kl mean 0.4506 &gt; 0.1</span>" in panel
+    assert kl_panel.one_line(kl_panel.read_probe(cand), ladder).endswith("between rtn-int4 (0.394) and rtn-int3 (3)")
 
 
 def test_provenance_versions_commit_and_hardware():
