@@ -94,7 +94,16 @@ def _items_from_data(run: Run, bench: str, data_dir: Path | None) -> dict[str, I
         return {}
     if bench_registry.data_fingerprint(items) != spec.data_fingerprint:
         return {}
-    return {it.id: ItemText(id=it.id, question=it.question, target=it.target, category=it.category) for it in items}
+    # The prompt is the one sent only while the bench's prompt code is the run's version (a tool-using
+    # bench's prompt also depends on the tool format: left out).
+    same_prompt = module.VERSION == spec.version and not getattr(module, "TOOLS", None)
+    return {
+        it.id: ItemText(
+            id=it.id, question=it.question, target=it.target, category=it.category,
+            messages=module.messages(it, run.spec.think) if same_prompt else [],
+        )  # fmt: skip
+        for it in items
+    }
 
 
 def items_of(runs: list[Run], bench: str, data_dir: Path | None = None) -> tuple[dict[str, ItemText], str]:

@@ -68,6 +68,10 @@ def format_flip(flip: Flip, limit: int | None = CLIP) -> str:
     if flip.item is not None:
         lines.append(f"{'question':<10} " + _indent(_clip(flip.item.question, limit), " " * 11).lstrip())
         lines.append(f"{'gold':<10} {flip.item.target}")
+        if limit is None:  # the full view: the prompt as sent, message by message
+            for message in flip.item.messages:
+                lines.append(f"{'prompt':<10} [{message.get('role', '?')}]")
+                lines.append(_indent(str(message.get("content", ""))))
     else:
         lines.append(f"{'question':<10} (not recorded in either run)")
     lines += _side_lines("baseline", flip.base, limit)
@@ -118,8 +122,10 @@ def _side_html(label: str, side: Side) -> str:
 
 
 def _flip_html(flip: Flip) -> str:
+    prompt = "".join(f"<p class=muted>[{_esc(m.get('role', '?'))}]</p><pre>{_esc(m.get('content', ''))}</pre>" for m in flip.item.messages) if flip.item else ""
     question = (
         f"<p><b>question:</b></p><pre>{_esc(flip.item.question)}</pre><p><b>gold:</b> {_esc(flip.item.target)}</p>"
+        + (f"<details><summary>prompt as sent</summary>{prompt}</details>" if prompt else "")
         if flip.item is not None
         else "<p class=muted>question and gold not recorded in either run</p>"
     )

@@ -157,7 +157,7 @@ def test_show_flips_prints_question_gold_and_both_answers(demo, capsys):
         for line in flip.base.records[0].completion.splitlines() + flip.cand.records[0].completion.splitlines():
             assert line in block
     assert main(["show", str(cand), "--baseline", str(base), "--item", "mul-008"]) == 0
-    assert "What is 3 * 2?" in capsys.readouterr().out
+    assert "What is 3 * 2? Answer with just the number." in capsys.readouterr().out  # the prompt as sent
     assert main(["show", str(cand), "--baseline", str(base), "--bench", "nope"]) == 2
 
 
