@@ -572,8 +572,6 @@ def cmd_report(argv: list[str]) -> int:
         print(f"report: {args.html}")
         code = _exit_code(result) if result is not None else EXIT_OK
     if args.markdown is not None:
-        from engine import evidence_commands
-
         code = evidence_commands.write_markdown(cand, base, args.markdown, grading)
         print(f"markdown: {args.markdown}")
     if judge.judged_benches(cand.spec):  # a missed trait gate exits as `compare` does

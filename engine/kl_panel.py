@@ -120,7 +120,10 @@ def _esc(x: object) -> str:
 def html_section(cand: Run, base: Run | None, gates: list[tuple[str, bool]] | None = None) -> str:
     """The probe's panel: overall and per-source tables, the plot with the ladder, and the tripwire's
     gates as the grade applied them ((line, failed) each; None: the grade is not at hand)."""
-    summary = read_probe(cand.dir)
+    try:
+        summary = read_probe(cand.dir)
+    except UserError as exc:  # the page still shows everything else
+        return f"<h2 id=kl>KL probe (tier 0)</h2><p class=flag>{_esc(exc)}</p>"
     if summary is None:
         return ""
     ladder = find_ladder(base)
