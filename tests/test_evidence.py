@@ -266,6 +266,16 @@ def test_provenance_versions_commit_and_hardware():
     assert any(line.startswith("  baseline: ") for line in provenance.footer_lines(prov))
 
 
+def test_hardware_from_nvidia_smi(tmp_path, monkeypatch):
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA H200, 143771'\necho 'NVIDIA H200, 143771'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    hw = provenance.hardware()
+    assert hw == {"gpu": "NVIDIA H200", "count": 2, "memory_gib": 140.4}
+    assert provenance.describe_hardware(hw) == "2× NVIDIA H200 (140.4 GiB each)"
+
+
 # --- report --markdown, --exit-zero ----------------------------------------------------------------------
 
 
@@ -316,6 +326,19 @@ def test_card_headline_names_a_degraded_bench(tmp_path):
     ref = _candidate(tmp_path / "ref", lost=25, gained=0)
     built = card.build(read_run(BASELINE), read_run(ref))
     assert built.headline.startswith("smollm2-135m-rtn-int3 vs smollm2-135m: arith DEGRADED")
+
+
+def test_card_lists_the_agentic_exam(tmp_path):
+    from tests.test_report import _record, _spec, _write_run
+
+    spec = _spec("m", {"arith": (2, 1, {}), "godmode": (3, 1, {})})
+    run = _write_run(tmp_path / "b", spec, {
+        "arith": [_record("a1", 1.0), _record("a2", 0.0)],
+        "godmode": [_record("t1", 1.0), _record("t2", 1.0), _record("t3", 0.0)],
+    })  # fmt: skip
+    built = card.build(read_run(run))
+    assert [b.bench for b in built.benches] == ["arith"] and built.exams == ["godmode: 2/3 tasks solved (nothink, 1 sample)"]
+    assert "godmode: 2/3 tasks solved" in card.format_text(built)
 
 
 # --- dry run --------------------------------------------------------------------------------------------
