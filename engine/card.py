@@ -155,6 +155,10 @@ def _size(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n else "not recorded"
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.2f} h"
+
+
 def _facts(card: Card) -> list[tuple[str, str]]:
     cost = f"${card.cost_usd:.2f} at ${card.usd_per_hour:g}/h" if card.cost_usd is not None else "pass --usd-per-hour X"
     return [
@@ -166,7 +170,7 @@ def _facts(card: Card) -> list[tuple[str, str]]:
         ("engine", card.engine),
         ("weights on disk", _size(card.weights_bytes)),
         ("throughput", f"{card.tokens_per_s:.0f} tok/s ({card.generated_tokens} tokens generated)" if card.tokens_per_s else "not recorded"),
-        ("wall time (generation)", f"{card.wall_s / 60:.1f} min" if card.wall_s else "not recorded"),
+        ("wall time (generation)", _duration(card.wall_s) if card.wall_s else "not recorded"),
         ("cost", cost),
     ]
 
