@@ -26,7 +26,7 @@ import sys
 import threading
 from pathlib import Path
 
-from engine import checks
+from engine import checks, evidence_commands
 from engine.errors import EngineFailed, ExitCode, Interrupted, NotComparable, UserError, exit_code_epilog
 
 # The run directory of the command in progress, once known: where a crash's traceback is logged.
@@ -613,7 +613,9 @@ def cmd_report(argv: list[str]) -> int:
     )
     p.add_argument("run", type=Path, help="run directory to report")
     p.add_argument("--baseline", default=None, help="baseline run dir or name under baselines/ (default: found by model)")
-    p.add_argument("--html", type=Path, required=True, help="output file")
+    p.add_argument("--html", type=Path, default=None, help="output file (HTML page)")
+    p.add_argument("--markdown", type=Path, default=None, metavar="FILE", help="also (or only) write a PR comment in markdown")
+    p.add_argument("--exit-zero", action="store_true", help="exit 0 once the pages are written (default: the grade's exit code)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level, in (0, 1) (default 0.05)")
     p.add_argument("--allow-differ", default="", help="contract fields to waive (seed, engine.backend, engine.dtype, ..., or 'engine')")
     _grading_args(p)
@@ -622,7 +624,11 @@ def cmd_report(argv: list[str]) -> int:
     from engine.records import read_run
 
     checks.alpha(args.alpha)
-    checks.writable_file("--html", args.html)
+    if args.html is None and args.markdown is None:
+        raise UserError("report: give --html FILE, --markdown FILE or both")
+    for flag, path in (("--html", args.html), ("--markdown", args.markdown)):
+        if path is not None:
+            checks.writable_file(flag, path)
     cand = read_run(args.run)
     waive = _waivers(args.allow_differ)
     try:
@@ -644,14 +650,20 @@ def cmd_report(argv: list[str]) -> int:
 
         verdict = grade_runs(base, cand, _grade_options(args, waive))
         _save_verdict(write_verdict, cand.dir, verdict)
-    report.write_report(cand, base, args.html, verdict)
-    print(f"report: {args.html}")
+    if args.html is not None:
+        report.write_report(cand, base, args.html, verdict)
+        print(f"report: {args.html}")
+    if args.markdown is not None:
+        evidence_commands.write_markdown(cand, base, args.markdown, verdict, args.alpha)
+        print(f"markdown: {args.markdown}")
     if verdict is not None:
         print(f"verdict: {verdict.headline}")
-        return verdict.exit_code
-    if judge.judged_benches(cand.spec):  # a run on its own: its trait gates still decide the exit code
-        return traits_report.gates_exit(traits_report.traits_report(cand, None, args.alpha))
-    return ExitCode.PASS
+        code = verdict.exit_code
+    elif judge.judged_benches(cand.spec):  # a run on its own: its trait gates still decide the exit code
+        code = traits_report.gates_exit(traits_report.traits_report(cand, None, args.alpha))
+    else:
+        code = ExitCode.PASS
+    return ExitCode.PASS if args.exit_zero else code
 
 
 def cmd_degrade(argv: list[str]) -> int:
@@ -925,6 +937,7 @@ SUBCOMMANDS = {
     "determinism": cmd_determinism, "probe": cmd_probe, "noise-floor": cmd_noise_floor, "judge": cmd_judge,
     "import": cmd_import, "sweep": cmd_sweep, "baseline": lambda argv: _baseline_command(argv),
 }
+SUBCOMMANDS |= evidence_commands.SUBCOMMANDS
 SUBCOMMAND_HELP = {
     "baseline": "make a baseline in one command: its run, KL reference and noise floor under baselines/NAME/",
     "compare": "grade run CAND against baseline run BASE",
@@ -939,6 +952,7 @@ SUBCOMMAND_HELP = {
     "import": "import lm-eval: an lm-evaluation-harness --log_samples output as a run directory",
     "sweep": "one run per candidate against a baseline (Ray tasks on a cluster, or one after another), one summary table",
 }
+SUBCOMMAND_HELP |= evidence_commands.HELP
 
 
 def _baseline_command(argv: list[str]) -> int:

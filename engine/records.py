@@ -3,7 +3,9 @@
 One run = one directory:
     spec.json            RunSpec (written once; a rerun into the same dir must carry the same spec)
     records/<bench>.jsonl  append-only ItemRecord lines, one per (item, sample), each with its checksum
-    manifest.json        sha256 of every records file, written when the run completes
+    records/<bench>.items.jsonl  the items as asked (id, question, gold, category, first-turn messages),
+                         written once per run: what a reader needs to see a flipped item without the data
+    manifest.json        sha256 of every records and items file, written when the run completes
 
 Append-only + flush + fsync per record means a kill -9 loses at most the in-flight items; a torn last
 line (killed mid-write: no newline) is detected, reported and cut off before the next append. A complete
@@ -292,12 +294,13 @@ def _file_sha256(path: Path) -> str:
 
 
 def write_manifest(run_dir: Path, bench_names: list[str]) -> None:
-    """On run completion: the hash of every records file, so later edits are caught by compare."""
+    """On run completion: the hash of every records and items file, so later edits are caught by compare."""
     run_dir = Path(run_dir)
     entries = {}
     for name in bench_names:
-        path = records_path(run_dir, name)
-        if path.is_file():
+        for path in (records_path(run_dir, name), items_path(run_dir, name)):
+            if not path.is_file():
+                continue
             entries[f"{RECORDS_DIR}/{path.name}"] = ManifestEntry(sha256=_file_sha256(path), bytes=path.stat().st_size)
     atomic_write(run_dir / MANIFEST_FILE, msgspec.json.format(_encoder.encode(entries), indent=1))
 
@@ -437,6 +440,47 @@ def progress(run_dir: Path, spec: RunSpec) -> tuple[int, int]:
 
 def records_path(run_dir: Path, bench: str) -> Path:
     return Path(run_dir) / RECORDS_DIR / f"{bench}.jsonl"
+
+
+class ItemText(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """One item as it was asked: enough to read a flipped item without the data set at hand."""
+
+    id: str
+    question: str
+    target: str  # the gold answer
+    category: str | None = None
+    messages: list[dict[str, Any]] = []  # the first turn's chat messages as sent (before the template)
+
+
+_items_decoder = msgspec.json.Decoder(ItemText)
+
+
+def items_path(run_dir: Path, bench: str) -> Path:
+    return Path(run_dir) / RECORDS_DIR / f"{bench}.items.jsonl"
+
+
+def write_items(run_dir: Path, bench: str, items: list[ItemText]) -> None:
+    """Once per run and bench: a resumed run keeps the file its first session wrote (same spec, same items)."""
+    path = items_path(run_dir, bench)
+    if path.is_file():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, b"".join(_encoder.encode(item) + b"\n" for item in items))
+
+
+def read_items(run_dir: Path, bench: str) -> dict[str, ItemText]:
+    """item id -> the item as asked; empty for a run written before items files (or an imported one)."""
+    path = items_path(run_dir, bench)
+    if not path.is_file():
+        return {}
+    out: dict[str, ItemText] = {}
+    for line_no, line in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            item = _items_decoder.decode(line)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise UserError(f"{path}:{line_no}: not an item ({exc}); the file is written by the harness, do not edit it") from exc
+        out[item.id] = item
+    return out
 
 
 NOTES_FILE = "notes.jsonl"

@@ -18,7 +18,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
-from engine import judge, pairing, stats, traits_report
+from engine import judge, kl_panel, pairing, provenance, show, stats, traits_report
 from engine.grade.bench import BenchComparison
 from engine.grade.text import _level, _p, _pct, _pts, bench_details, delta_cell, family_lines
 from engine.grade.verdict import Verdict
@@ -36,6 +36,10 @@ td.l,th.l{text-align:left}
 .flag{background:#fff3cd;border:1px solid #e0c36c;padding:.4em .8em;margin:.3em 0}
 img{max-width:100%}
 .flips td{min-width:5em}
+.prov{font-size:.8em;color:#444;background:#fafafa;border:1px solid #eee;padding:.3em .8em}
+.prov td,.prov th{border:none;padding:1px 6px;text-align:left;vertical-align:top}
+.flip{border-top:1px solid #eee;margin-top:.6em} .flip pre{white-space:pre-wrap;max-height:30em;overflow:auto}
+table.sides{width:100%} table.sides td{width:50%;vertical-align:top}
 """
 
 
@@ -343,20 +347,7 @@ def _without(run: Run, names: set[str]) -> Run:
     return msgspec.structs.replace(run, spec=msgspec.structs.replace(run.spec, benches=keep))
 
 
-def _probe_panel(run: Run) -> str:
-    """The tier-0 KL probe's panel, when the run had one (written by --probe)."""
-    import msgspec
-
-    from probes.metrics import PROBE_FILE, Summary, format_summary
-
-    path = Path(run.dir) / PROBE_FILE
-    if not path.is_file():
-        return ""
-    try:
-        summary = msgspec.json.decode(path.read_bytes(), type=Summary)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        return f"<h2>KL probe (tier 0)</h2><p class=flag>{_esc(path)}: unreadable ({_esc(exc)})</p>"
-    return f"<h2>KL probe (tier 0)</h2><pre>{_esc(format_summary(summary, '(tier 0)'))}</pre>"
+FLIPS_SHOWN = 5  # flipped items per bench and direction in the report (`show` lists them all)
 
 
 def _verdict_panel(v: Verdict) -> str:
@@ -393,7 +384,11 @@ def write_report(cand: Run, base: Run | None, out: Path, verdict: Verdict | None
         else:
             body = f"<h1>Run report: {_esc(cand.spec.model)}</h1><p class=muted>{_esc(cand.dir)} (no baseline given or found)</p>"
     body += _traits_panel(traits)
-    body += _probe_panel(cand)
+    gates = [(g.line, g.failed) for g in verdict.gates if g.name.startswith("kl")] if verdict is not None else []
+    body += kl_panel.html_section(cand, base, gates=gates)
+    if base is not None:
+        body += show.flips_section(base, cand, per_way=FLIPS_SHOWN)
+    body = body.replace("</h1>", "</h1>" + provenance.html_header(verdict.provenance if verdict is not None and verdict.provenance else provenance.collect(cand, base)), 1)
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>degradation report</title>"
         f"<style>{_CSS}</style></head><body>{body}</body></html>"

@@ -15,12 +15,13 @@ from tqdm import tqdm
 
 import benches as bench_registry
 from benches import Item, split_reasoning
-from engine import models, sequential
+from engine import models, provenance, sequential
 from engine.backends import Backend, BackendError, EndpointDown, load_tokenizer, render_chat
 from engine.errors import EngineFailed, UserError
 from engine.records import (
     SPEC_FILE,
     ItemRecord,
+    ItemText,
     RecordWriter,
     Run,
     RunLock,
@@ -31,6 +32,7 @@ from engine.records import (
     read_spec,
     records_path,
     refuse_symlinks,
+    write_items,
     write_manifest,
 )
 from engine.solvers import Session, bench_messages, bench_tools, solver_of
@@ -196,6 +198,9 @@ def plan_run(
         engine=engine,
         harness_version=HARNESS_VERSION,
         versions=_versions(),
+        # A served model runs on the server's hardware, which it does not reveal.
+        hardware="" if isinstance(engine, OpenAIEngine) else provenance.describe_hardware(provenance.hardware()),
+        weights_bytes=provenance.weights_bytes(checkpoint),
     )
     return RunPlan(spec=spec, checkpoint=checkpoint, benches=plans, load_notes=list(bench_data.LOAD_NOTES))
 
@@ -283,6 +288,7 @@ async def execute(
     try:
         pending: dict[str, list[tuple[Item, int]]] = {}
         for name, bench in plan.benches.items():
+            write_items(run_dir, name, item_texts(bench, spec.think))
             writers[name] = RecordWriter(records_path(run_dir, name))
             pending[name] = [
                 (item, k) for item in bench.items for k in range(bench.samples) if (item.id, k) not in writers[name].done
@@ -319,6 +325,18 @@ async def execute(
         if opened is not None:
             await opened.close()
         lock.release()
+
+
+def item_texts(bench: BenchPlan, think: bool) -> list[ItemText]:
+    """The bench's items as asked (records/<bench>.items.jsonl): question, gold, first-turn messages."""
+    return [
+        ItemText(
+            id=item.id, question=item.question, target=item.target, category=item.category,
+            # A plan assembled by hand (an importer, a test) may carry a module without messages().
+            messages=bench_messages(bench.module, item, think, bench.tools) if hasattr(bench.module, "messages") else [],
+        )  # fmt: skip
+        for item in bench.items
+    ]
 
 
 class _Progress:
@@ -475,9 +493,13 @@ def read_timings(run_dir: Path) -> list[Timing]:
 
 
 def dry_run(plan: RunPlan, baseline: Run | None, calibration_tok_s: float | None = None) -> str:
-    """Requests, prompt tokens and caps per bench, and a wall-time estimate: completion lengths from
-    the baseline's records where there is one (else the cap, an upper bound), throughput from a
-    calibration on this machine or the baseline's own measured generation phases."""
+    """Requests, prompt tokens and caps per bench, and a wall-time estimate with its upper bound.
+
+    The estimate takes completion lengths from the baseline's records where there is one (else the
+    cap); the upper bound sends every request to its cap (a multi-turn bench: every turn), which is
+    where a candidate that loops lands. Throughput comes from a calibration on this machine or the
+    baseline's own measured generation phases.
+    """
     timings = read_timings(baseline.dir) if baseline is not None else []
     if calibration_tok_s:
         rate, source = calibration_tok_s, "calibration on this machine"
@@ -486,28 +508,33 @@ def dry_run(plan: RunPlan, baseline: Run | None, calibration_tok_s: float | None
         rate, source = (tokens / wall if wall > 0 else None), f"the baseline's measured generation ({baseline.dir})"
     else:
         rate, source = None, None
-    lines = [f"{'bench':<14} {'requests':>9} {'prompt tok':>11} {'cap':>6} {'expected tok':>13}  basis"]
-    total_tokens = 0.0
+    lines = [f"{'bench':<14} {'requests':>9} {'prompt tok':>11} {'cap':>6} {'expected tok':>13} {'upper bound':>12}  basis"]
+    total_tokens = total_bound = 0.0
     for name, bench in plan.benches.items():
         requests = len(bench.items) * bench.samples
         prompt_tokens = sum(len(bench.prompts[i.id]) for i in bench.items) * bench.samples if bench.prompts else None
+        bound = float(requests * bench.max_tokens * getattr(bench.module, "MAX_TURNS", 1))
         base_records = baseline.records.get(name, []) if baseline is not None else []
         if base_records:
             expected = requests * sum(r.completion_tokens for r in base_records) / len(base_records)
             basis = f"baseline mean {expected / requests:.0f} tok/request"
         else:
-            expected, basis = float(requests * bench.max_tokens), "cap (upper bound)"
+            expected, basis = bound, "cap (upper bound)"
         total_tokens += expected
+        total_bound += bound
         lines.append(
             f"{name:<14} {requests:>9} {prompt_tokens if prompt_tokens is not None else 'n/a':>11} {bench.max_tokens:>6} "
-            f"{expected:>13.0f}  {basis}"
+            f"{expected:>13.0f} {bound:>12.0f}  {basis}"
         )
     if rate:
-        minutes = total_tokens / rate / 60
+        minutes, bound_minutes = total_tokens / rate / 60, total_bound / rate / 60
         lines.append(f"estimate: {total_tokens:.0f} tokens at {rate:.0f} tok/s = {minutes:.1f} min of generation "
                      f"(throughput from {source}; engine start and scoring come on top)")  # fmt: skip
+        lines.append(f"upper bound: {total_bound:.0f} tokens (every request to its cap, as a candidate that loops does) "
+                     f"= {bound_minutes:.1f} min at the same rate, {total_bound / max(total_tokens, 1):.1f}x the estimate")  # fmt: skip
     else:
         lines.append("estimate: no throughput measured yet: pass --calibrate, or run the baseline once (its timing is kept)")
+        lines.append(f"upper bound: {total_bound:.0f} tokens (every request to its cap)")
     return "\n".join(lines)
 
 

@@ -173,6 +173,10 @@ class RunSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     source_fields: dict[str, str] = {}
     harness_version: str = ""
     versions: dict[str, str] = {}  # torch/vllm/transformers
+    # Where the run was made and what it weighed: the yardstick card's facts (engine/card.py). The
+    # generated tokens, wall time and tokens/s of each generation phase are in timing.jsonl.
+    hardware: str = ""  # "4× NVIDIA B300 (179 GiB each)" or "CPU: <model> (N cores)"; "" for a served model
+    weights_bytes: int = 0  # weight files of the checkpoint on disk (0: not on this machine)
 
 
 # The role of every field, with the reason where it is not obvious.
@@ -202,6 +206,10 @@ ROLES: dict[type, dict[str, str]] = {
         # reader can see them, blocking would make every upgrade re-run the baseline.
         "harness_version": INFORMATIVE,
         "versions": INFORMATIVE,
+        # Speed and size, never numerics: the same weights on other hardware grade as the same model
+        # (the engine fields that do change numerics are contract fields of the engine spec).
+        "hardware": INFORMATIVE,
+        "weights_bytes": INFORMATIVE,
     },
     SamplingConfig: {
         "preset": INFORMATIVE,  # a label; the values below are what sampling uses

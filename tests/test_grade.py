@@ -195,6 +195,13 @@ def _write(run: Run, where: Path) -> Path:
     return where
 
 
+def _decision_bytes(run_dir: Path) -> bytes:
+    """verdict.json without its provenance (date, command line: what differs between gradings by design)."""
+    verdict = json.loads((run_dir / VERDICT_FILE).read_bytes())
+    assert verdict.pop("provenance")["git_commit"]
+    return json.dumps(verdict).encode()
+
+
 def test_compare_report_and_sweep_write_the_same_verdict(tmp_path, capsys):
     base, cand = _a_a_pair(np.random.default_rng(7), benches=(("arith", 60), ("gsm8k", 60)))
     base_dir, cand_dir = _write(base, tmp_path / "base"), _write(cand, tmp_path / "cand")
@@ -202,15 +209,15 @@ def test_compare_report_and_sweep_write_the_same_verdict(tmp_path, capsys):
         write_manifest(run_dir, ["arith", "gsm8k"])
     code = main(["compare", str(base_dir), str(cand_dir), "--json"])
     printed = capsys.readouterr().out.encode()
-    saved = (cand_dir / VERDICT_FILE).read_bytes()
-    assert printed == saved and json.loads(saved)["exit_code"] == code
+    saved = _decision_bytes(cand_dir)
+    assert printed == (cand_dir / VERDICT_FILE).read_bytes() and json.loads(saved)["exit_code"] == code
     (cand_dir / VERDICT_FILE).unlink()
     assert main(["report", str(cand_dir), "--baseline", str(base_dir), "--html", str(tmp_path / "r.html")]) == code
-    assert (cand_dir / VERDICT_FILE).read_bytes() == saved
+    assert _decision_bytes(cand_dir) == saved
     (cand_dir / VERDICT_FILE).unlink()
     outcome = sweep.Outcome(name="cand", model="cand", run_dir=str(cand_dir), exit_code=0, status="finished before")
     sweep.grade(outcome, read_run(base_dir), GradeOptions())
-    assert (cand_dir / VERDICT_FILE).read_bytes() == saved
+    assert _decision_bytes(cand_dir) == saved
     assert outcome.exit_code == code
 
 
@@ -224,7 +231,7 @@ def test_not_comparable_and_incomplete_print_a_verdict(tmp_path, capsys):
     assert json.loads((other / VERDICT_FILE).read_bytes()) == v
     (other / VERDICT_FILE).unlink()
     assert main(["report", str(other), "--baseline", str(base_dir), "--html", str(tmp_path / "nc.html")]) == ExitCode.NOT_COMPARABLE
-    assert json.loads((other / VERDICT_FILE).read_bytes()) == v and "rerun the candidate with --seed 0" in (tmp_path / "nc.html").read_text()
+    assert {**json.loads((other / VERDICT_FILE).read_bytes()), "provenance": v["provenance"]} == v and "rerun the candidate with --seed 0" in (tmp_path / "nc.html").read_text()
     capsys.readouterr()
     short = _write(Run(dir=tmp_path / "y", spec=cand.spec, records={"arith": cand.records["arith"][:20]}), tmp_path / "short")
     assert main(["compare", str(base_dir), str(short), "--json"]) == ExitCode.INCOMPLETE

@@ -234,4 +234,4 @@ def test_execute_writes_the_manifest_on_completion_and_clears_it_on_resume(tmp_p
         benches={"arith": BenchPlan(module=os, items=[Item(id="a", question="q", target="1")], prompts={}, max_tokens=8, samples=1)},
     )
     runner.run_event_loop(runner.execute(plan, run_dir, _never_started, concurrency=1))
-    assert read_run(run_dir).manifest == "verified (1 files)"
+    assert read_run(run_dir).manifest == "verified (2 files)"  # the records and the items file

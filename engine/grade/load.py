@@ -10,7 +10,7 @@ from pathlib import Path
 
 import msgspec
 
-from engine import sequential, traits_report
+from engine import provenance, sequential, traits_report
 from engine.baselines import check_gradable
 from engine.errors import UserError
 from engine.grade.decide import Evidence, GradeOptions, ProbeReading, comparability, grade
@@ -65,7 +65,11 @@ def grade_runs(base: Run, cand: Run, options: GradeOptions) -> Verdict:
     """Refuse a run in progress or without records (UserError), load the evidence, grade."""
     check_gradable(base, "baseline")
     check_gradable(cand, "candidate")
-    return grade(base, cand, options, load_evidence(base, cand, options))
+    verdict = grade(base, cand, options, load_evidence(base, cand, options))
+    # Where the numbers came from (date, versions, commit, hardware, command): the only part of the
+    # verdict that differs between two gradings of the same pair.
+    verdict.provenance = provenance.collect(cand, base)
+    return verdict
 
 
 def write_verdict(run_dir: Path, verdict: Verdict) -> Path:
