@@ -28,7 +28,7 @@ import threading
 from pathlib import Path
 
 from engine import checks
-from engine.errors import EXIT_CRASH, EngineFailed, Interrupted, NotComparable, UserError
+from engine.errors import EXIT_CRASH, EngineFailed, Interrupted, NotComparable, RunIncomplete, UserError
 
 EXIT_OK, EXIT_DEGRADED = 0, 1
 EXIT_INCOMPLETE = 5  # a run lacks items or samples against its spec: not graded (see --allow-incomplete)
@@ -71,6 +71,8 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-url", default=None, help="--backend openai: the server, e.g. http://127.0.0.1:8000 (its /v1 API)")
     p.add_argument("--api-key-env", default=None, help="--backend openai: environment variable holding the API key")
     p.add_argument("--served-model", default=None, help="--backend openai: model id on the server (default: the one it serves)")
+    p.add_argument("--request-timeout", type=float, default=600.0, metavar="S",
+                   help="--backend openai: deadline of one attempt (connect + whole answer); all retries stop at twice it (default 600)")
     p.add_argument("--dtype", default="bfloat16", help="weights/activations dtype (bfloat16 = bf16, float16, float32)")
     p.add_argument("--tp", type=int, default=1, help="tensor parallel size (vllm)")
     p.add_argument("--dp", type=int, default=1,
@@ -295,6 +297,8 @@ def _engine_spec(args):
     if args.backend == "openai":
         if not args.base_url:
             raise UserError("--backend openai: give --base-url URL of the OpenAI-compatible server")
+        if not args.request_timeout > 0:
+            raise UserError(f"--request-timeout {args.request_timeout:g}: must be a positive number of seconds")
         from engine import runner
         from engine.backends.openai_backend import describe_server
 
@@ -306,6 +310,7 @@ def _engine_spec(args):
             server_version=info.server_version,
             max_model_len=info.max_model_len,
             api_key_env=args.api_key_env,
+            timeout_s=args.request_timeout,
         )
     if args.base_url:
         raise UserError(f"--base-url is for --backend openai (this run uses --backend {args.backend})")
@@ -352,6 +357,7 @@ def _probe_tier0(args, run_dir: Path) -> int:
     report shows it); EXIT_DEGRADED when --probe-gate trips."""
     import msgspec
 
+    from engine.records import atomic_write
     from probes import run as probe_run
     from probes.metrics import PROBE_FILE, format_summary
     from probes.store import REFERENCE_FILE
@@ -372,7 +378,7 @@ def _probe_tier0(args, run_dir: Path) -> int:
     else:
         summary = probe_run.score_candidate(model=args.model, reference=reference, backend=args.backend, dtype=args.dtype, tp=args.tp)
         print(format_summary(summary, "(tier 0)"))
-    (Path(run_dir) / PROBE_FILE).write_bytes(msgspec.json.format(msgspec.json.encode(summary), indent=1))
+    atomic_write(Path(run_dir) / PROBE_FILE, msgspec.json.format(msgspec.json.encode(summary), indent=1))
     if args.probe_gate is not None and not summary.kl_mean <= args.probe_gate:
         print(f"probe gate: mean KL {summary.kl_mean:.6f} > {args.probe_gate:g}: the candidate is already broken; benches not run")
         return EXIT_DEGRADED
@@ -894,7 +900,7 @@ def main(argv: list[str] | None = None) -> int:
     except NotComparable as exc:
         print(str(exc))
         return exc.exit_code
-    except Interrupted as exc:
+    except (Interrupted, RunIncomplete) as exc:
         print(str(exc), file=sys.stderr)
         return exc.exit_code
     except EngineFailed as exc:  # the engine or server went away mid-run: said in one line, no verdict

@@ -43,3 +43,9 @@ class ExitCode(IntEnum):
     NOT_SHOWN = 7  # --margin given: nothing fired, but a drop as large as the margin is not ruled out
     INVALID = 8  # a bench could not measure (an exam whose tool calls were never read, a judge that never answered)
     INTERRUPTED = 130  # Ctrl-C / SIGTERM: finished items are on disk; rerun to resume
+
+
+class RunIncomplete(Exception):
+    """A run ended with (item, sample)s whose requests failed for good: no manifest, not graded."""
+
+    exit_code = ExitCode.INCOMPLETE
