@@ -455,6 +455,21 @@ def read_run(run_dir: Path | str) -> Run:
     return Run(dir=run_dir, spec=spec, records=records, manifest=manifest)
 
 
+def incomplete_reason(run: Run) -> str | None:
+    """None for a finished run (manifest verified); else the one line that says it is not one, for
+    every headline that shows a run on its own (it is never to be committed as a baseline)."""
+    if run.manifest.startswith("verified"):
+        return None
+    done = sum(len({(r.item_id, r.sample) for r in answered(run.records.get(b.name, []))}) for b in run.spec.benches)
+    failed = sum(1 for b in run.spec.benches for r in run.records.get(b.name, []) if r.error is not None)
+    total = sum(b.n_items * b.samples for b in run.spec.benches)
+    why = f"{failed} request(s) failed" if failed else "interrupted"
+    return (
+        f"INCOMPLETE run: {done} of {total} item samples answered ({why}; no manifest); "
+        f"rerun its command to finish it; not usable as a baseline"
+    )
+
+
 class RecordWriter:
     """Append-only writer for one bench's records; repairs a torn tail before the first append."""
 

@@ -21,7 +21,7 @@ import numpy as np
 from engine import compare, judge, pairing, stats, traits_report
 from engine.compare import BenchComparison, Comparison, _level, _p, _pct, _pts
 from engine.pairing import PairedItems
-from engine.records import Run
+from engine.records import Run, incomplete_reason
 from engine.traits_report import TraitsReport
 
 _CSS = """
@@ -234,6 +234,8 @@ def _comparison_page(cmp: Comparison, base: Run, cand: Run) -> str:
 def _single_page(run: Run) -> str:
     plt = _plt()
     parts = [f"<h1>Run report: {_esc(run.spec.model)}</h1>", f"<p class=muted>{_esc(run.dir)} (no baseline given or found)</p>"]
+    if (incomplete := incomplete_reason(run)) is not None:
+        parts[0] = f"<h1>Run report: {_esc(run.spec.model)} (INCOMPLETE)</h1><p class=flag>{_esc(incomplete)}</p>"
     rows = []
     for spec in run.spec.benches:
         records = run.records.get(spec.name, [])
