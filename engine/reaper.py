@@ -12,7 +12,8 @@ watches the harness from outside:
   the harness dies its children are reparented and can no longer be found through it;
 - when the harness dies it SIGKILLs every recorded process still alive (and their descendants),
   unlinks the recorded shared-memory segments and removes the scratch folder; told "stop" by a
-  harness that shut its engine down itself, it just exits.
+  harness that shut its engine down itself, it unlinks the recorded segments no process of the
+  harness uses any more (leftovers of the engine) and exits.
 
 The scratch folder (`$TMPDIR/dh-<uid>/vllm-<pid>-*`) is the engine's private TMPDIR: vLLM's ZMQ IPC
 socket files go there rather than into /tmp. Each start sweeps the folders of harnesses no longer alive.
@@ -293,6 +294,7 @@ def watch(parent: int, scratch: Path) -> None:
         if sys.stdin in readable:
             line = sys.stdin.readline()
             if line.strip() == "stop":
+                _unlink_unused(shm, parent)
                 return
             if not line:  # our harness's end of the pipe closed and no forked child holds it: it is gone
                 break
@@ -300,6 +302,19 @@ def watch(parent: int, scratch: Path) -> None:
             break
     _reap(tracked, shm)
     remove_tree(scratch)
+
+
+def _unlink_unused(shm: set[str], parent: int) -> None:
+    """After a clean shutdown: the recorded /dev/shm segments no live process of the harness maps or
+    holds any more are leftovers (vLLM's tensor-parallel broadcast queues can outlive their engine):
+    unlinked. A segment still in use is left alone."""
+    table = _all_processes()
+    in_use: set[str] = set()
+    for pid in {parent} | _descendants({parent}, table):
+        in_use |= _shm_files(pid)
+    for path in shm - in_use:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def _reap(tracked: dict[int, int], shm: set[str]) -> None:
