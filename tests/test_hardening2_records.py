@@ -229,3 +229,22 @@ asyncio.run(main())
     assert "incomplete: 3 request(s) failed for good" in done.stderr
     assert not (out / MANIFEST_FILE).exists()
     assert "commit it" not in done.stdout + done.stderr
+
+
+def test_report_of_an_unfinished_run_says_incomplete_in_its_headline(tmp_path):
+    from engine import baselines, report
+
+    plan = _plan()
+    with pytest.raises(RunIncomplete):
+        _execute(plan, tmp_path / "run", Backend(fail=lambda rid: "a1" in rid))
+    run = read_run(tmp_path / "run")
+    report.write_report(run, None, tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    assert "(INCOMPLETE)</h1>" in page and "5 of 6 item samples answered (1 request(s) failed" in page
+    hint = baselines.resolve_baseline(None, run, ["m"], ()).message
+    assert "INCOMPLETE" in hint and "commit it" not in hint
+    _execute(plan, tmp_path / "run", Backend())
+    finished = read_run(tmp_path / "run")
+    report.write_report(finished, None, tmp_path / "done.html")
+    assert "INCOMPLETE" not in (tmp_path / "done.html").read_text()
+    assert "commit it" in baselines.resolve_baseline(None, finished, ["m"], ()).message
