@@ -19,7 +19,6 @@ from conftest import ROOT
 from engine import reaper
 from engine.backends import vllm_backend
 
-
 # Every variable the harness itself sets for an engine. vLLM sets others of its own while an engine
 # runs in this process (LD_PRELOAD, LOCAL_WORLD_SIZE, ...): those are vLLM's and left to it.
 HARNESS_SET = {"VLLM_HOST_IP", "VLLM_CACHE_ROOT", "VLLM_LOGGING_LEVEL", "VLLM_LOGGING_STREAM", "TOKENIZERS_PARALLELISM",
