@@ -1,6 +1,13 @@
-"""gsm8k: grade-school math, zero-shot chat prompt, scored like lm-eval (strict `#### N`, flexible last number).
+"""gsm8k: grade-school math, zero-shot chat prompt, scored with lm-eval's two extraction regexes
+(strict `#### N`, flexible last number) and a numeric comparison.
 
-Flexible is the score; strict is kept in the record's extra.
+Flexible is the score; strict is kept in the record's extra. The extraction regexes are lm-eval's
+(lm_eval/tasks/gsm8k/gsm8k.yaml, version 3.0); the comparison is not lm-eval's exact string match.
+Every difference from lm-eval is deliberate and listed in LM_EVAL_DIFFERENCES (each has a test in
+tests/test_hardening2_scoring.py showing a completion where the two disagree): on those completions
+this scorer counts the answer right where lm-eval counts it wrong, or (last `####`) reads the
+model's final correction. Published lm-eval gsm8k numbers are therefore not directly comparable with
+this bench's; a baseline and a candidate scored here always are.
 """
 
 from __future__ import annotations
@@ -25,6 +32,17 @@ PROMPT = (
     "Solve the following math problem step by step. The last line of your response should be of the form "
     '"#### ANSWER" where ANSWER is the final number.\n\n{question}'
 )
+
+# Where this scorer deliberately differs from lm-eval's gsm8k task (name -> what and why).
+LM_EVAL_DIFFERENCES = {
+    "trailing zeros": "18.00 equals 18 (lm-eval compares strings: wrong)",
+    "leading zeros": "018 equals 18 (lm-eval: wrong)",
+    "bare leading decimal point": ".5 equals 0.5 (lm-eval: wrong against a target 0.5)",
+    "trailing punctuation": "every trailing '.' is dropped, 18.. is 18 (lm-eval drops one '.')",
+    "last #### wins": "strict takes the LAST '#### N', the model's final correction (lm-eval: the first)",
+    "numbers only": "flexible takes the last match holding a digit ('...' after the answer is not an answer; lm-eval takes it)",
+    "negative zero": "-0 equals 0 (lm-eval: wrong)",
+}
 
 _STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
 _FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")

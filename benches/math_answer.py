@@ -1,15 +1,31 @@
 """Final-answer math (aime_2026, hmmt_feb_2026): boxed-answer extraction, equivalence, majority vote.
 
 Extraction follows MathArena: the content of the last `\\boxed{...}` / `\\fbox{...}` with balanced braces
-(boxes nested inside it are unwrapped); no box means no answer, which is wrong.
+(boxes nested inside it are unwrapped); no box means no answer, which is wrong. One answer split across
+boxes: boxes separated only by commas, semicolons, `and`, `&`, `\\quad` or spacing (`\\boxed{3}, \\boxed{5}`)
+are ONE answer, their contents joined by ", " ("3, 5": right for a gold "3, 5", wrong for a gold "5", as
+a hedge between two answers should be); boxes with other words between them are separate answers, the
+last one counts (`\\boxed{1}, then corrected: \\boxed{2}` is 2).
 
 Equivalence is math-verify's (`verify(parse(gold), parse(answer))`, gold first: it is not symmetric),
 made exact for these exact-answer contests: by default math-verify calls a decimal equal to a closed
 form when they agree to 6 decimal places (`0.707107` for `\\frac{\\sqrt{2}}{2}`), so a wrong answer that
 is merely close would score. Here a decimal must agree to FLOAT_ROUNDING = 12 decimal places, and a
-symbolic difference must vanish at NUMERIC_PRECISION = 50 significant digits. Before parsing, LaTeX
-spacing is normalised (`normalize_spacing`): digit grouping with thin spaces (`1\\,000`, `1\\;000`,
-`1~000`, `1{,}000`, U+2009) is joined, other spacing commands become a plain space.
+symbolic difference must vanish at NUMERIC_PRECISION = 50 significant digits. Before parsing, an answer is
+normalised by stated rules (`normalize_answer`):
+- digit groups: a digit, then ANY space (an ordinary space, which is invisible in LaTeX math mode,
+  `\\ `, `\\,`, `\\;`, `\\:`, `\\!`, `~`, `{,}`, `\\thinspace`..., or any Unicode space: no-break,
+  thin, narrow no-break, en/em spaces), then exactly three digits not followed by a digit: one number
+  (`123 456` is 123456, `1 000` is 1000; math-verify alone reads them as 123 + 456 and 1 * 0).
+  Other spacing commands become a plain space;
+- dashes: the minus sign U+2212, the en dash U+2013, the figure dash U+2012 and the hyphens U+2010,
+  U+2011, U+FE63, U+FF0D are a minus sign `-`;
+- units: a `\\text{}` (also `\\textrm`, `\\textbf`, `\\mathrm`, `\\mbox`, `\\textnormal`) holding a number and then
+  words (`\\text{12 square units}`) is the number; a text group of words alone after a number
+  (`12\\text{ cm}^2`) is dropped with its exponent;
+- percent: an answer `p%` (`p\\%`, `p \\text{\\%}`, `p percent`) is right when p or p/100 equals the gold
+  answer (the question asks for a percent, or for the fraction it stands for): `12.5\\%` is right for 12.5
+  and for 0.125, `3\\%` is wrong for 30.
 math-verify bounds its own time with SIGALRM, which only works in a main thread, and sympy can still
 hang inside C (`\\boxed{10^{10^{10}}}` never returns). So every check runs in a small pool of worker
 processes (plain `python -c` children), in their main thread where math-verify's own 5 s alarms work,
@@ -43,7 +59,7 @@ from engine.errors import UserError
 
 # Version of this module's extraction, equivalence and vote keys: part of the contract of every bench
 # that scores with it (BenchSpec.scoring_versions).
-VERSION = "2"
+VERSION = "3"  # 3: digit groups with any space, dashes, unit words, percent, answers across boxes
 
 CHECK_TIMEOUT_S = 20.0
 FLOAT_ROUNDING = 12  # decimal places to which a decimal answer must match (math-verify's default: 6)
@@ -54,18 +70,31 @@ INNER_TIMEOUT_S = 5  # math-verify's own alarm per parse/compare, inside a worke
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
 
+# What may stand between boxes that make up one answer: separators, never words.
+_BOX_GAP = re.compile(r"(?:\s|[,;&$]|\\[,;:! ]|\\q?quad(?![a-zA-Z])|\band\b|\\text\{\s*(?:and|,|;)?\s*\})*")
+
+
 def last_boxed(text: str) -> str | None:
-    """Content of the last complete \\boxed{...} or \\fbox{...}, inner boxes unwrapped; None if none."""
-    found: str | None = None
+    """The final answer: the last complete \\boxed{...} or \\fbox{...} (inner boxes unwrapped) together with
+    the boxes just before it that only separators part from it (joined by ", "); None if no box."""
+    boxes: list[tuple[int, int]] = []  # (start of the command, index of the closing brace)
     pos = 0
     while match := _BOX.search(text, pos):
         end = _closing_brace(text, match.end())
         if end is None:  # never closed (cut off): an earlier complete box still counts
             pos = match.end()
             continue
-        found = text[match.end() : end]
+        boxes.append((match.start(), end))
         pos = end + 1
-    return None if found is None else _unwrap_boxes(found).strip()
+    if not boxes:
+        return None
+    group = [boxes[-1]]
+    for box in reversed(boxes[:-1]):
+        if not _BOX_GAP.fullmatch(text, box[1] + 1, group[0][0]):
+            break
+        group.insert(0, box)
+    contents = [_unwrap_boxes(text[_BOX.match(text, start).end() : end]).strip() for start, end in group]
+    return ", ".join(contents)
 
 
 def _closing_brace(text: str, start: int) -> int | None:
@@ -190,22 +219,49 @@ def _take_worker() -> _Worker:
         raise
 
 
-# Spacing commands of LaTeX (and Unicode spaces) that may group digits: `1\,000`, `1~000`, `1{,}000`.
-_SPACE = r"(?:\\[,;:! ]|\\(?:thinspace|medspace|thickspace|enspace|nobreakspace)(?![a-zA-Z]) ?|~|\{,\}|[\u00a0\u2009\u202f])"
-_DIGIT_GROUP = re.compile(rf"(?<=\d){_SPACE}(?=\d{{3}}(?!\d))")
-_OTHER_SPACE = re.compile(rf"{_SPACE}|\\q?quad(?![a-zA-Z])|\\hspace\*?\{{[^{{}}]*\}}")
+# Spacing commands of LaTeX and Unicode spaces that may group digits: `1\,000`, `1~000`, `1{,}000`.
+_LATEX_SPACE = r"(?:\\[,;:! ]|\\(?:thinspace|medspace|thickspace|enspace|nobreakspace)(?![a-zA-Z]) ?|~|\{,\})"
+_UNICODE_SPACE = "[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]"
+_DIGIT_GROUP = re.compile(rf"(?<=\d)(?:{_LATEX_SPACE}|{_UNICODE_SPACE}| )+(?=\d{{3}}(?!\d))")
+_OTHER_SPACE = re.compile(rf"{_LATEX_SPACE}|{_UNICODE_SPACE}|\\q?quad(?![a-zA-Z])|\\hspace\*?\{{[^{{}}]*\}}")
+_DASH = re.compile("[\u2010\u2011\u2012\u2013\u2212\ufe63\uff0d]")
+_TEXT = r"\\(?:text|textrm|textbf|textnormal|mathrm|mbox)\s*"
+_WORDS = r"[A-Za-z][A-Za-z.\-/ ]*"
+_NUMBER = r"-?\d+(?:\.\d+)?"
+_NUMBER_IN_TEXT = re.compile(rf"{_TEXT}\{{\s*({_NUMBER})\s*(?:{_WORDS})?\}}(?:\^(?:\{{[^{{}}]*\}}|\d))?")
+_UNIT_AFTER_NUMBER = re.compile(rf"(?<=\d)(\s*){_TEXT}\{{\s*{_WORDS}\}}(?:\^(?:\{{[^{{}}]*\}}|\d))?\s*$")
+_PERCENT = re.compile(rf"^\s*({_NUMBER})\s*(?:\\?%|\\text\{{\s*\\?%\s*\}}|\\text\{{\s*percent\s*\}}|percent)\s*$")
 
 
 def normalize_spacing(latex: str) -> str:
-    """Join digit groups separated by LaTeX spacing; any other spacing command becomes one space."""
+    """Join digit groups separated by any space; any other spacing command becomes one space."""
     latex = _DIGIT_GROUP.sub("", latex)
     return _OTHER_SPACE.sub(lambda m: "" if m.group() == "\\!" else " ", latex)
 
 
+def normalize_answer(latex: str) -> str:
+    """The rules of the module docstring, percent aside (see percent_readings): spacing and digit
+    groups, dashes as minus, unit words dropped from a number."""
+    latex = normalize_spacing(_DASH.sub("-", latex))
+    latex = _NUMBER_IN_TEXT.sub(lambda m: m[1], latex)
+    return _UNIT_AFTER_NUMBER.sub("", latex).strip()
+
+
+def percent_readings(answer: str) -> list[str]:
+    """`p%` -> [p, p/100] (either may be what the question asked for); any other answer -> [answer]."""
+    match = _PERCENT.match(answer)
+    if match is None:
+        return [answer]
+    return [match[1], rf"\frac{{{match[1]}}}{{100}}"]
+
+
 def check(gold: str, answer: str, timeout_s: float = CHECK_TIMEOUT_S) -> Check:
     """Is `answer` equivalent to `gold` (both LaTeX without $)? Thread-safe, bounded in time, exact
-    up to the documented FLOAT_ROUNDING / NUMERIC_PRECISION."""
-    return _check_cached(normalize_spacing(gold), normalize_spacing(answer), timeout_s)
+    up to the documented FLOAT_ROUNDING / NUMERIC_PRECISION. A percent answer is right under either
+    of its readings (percent_readings)."""
+    gold = normalize_answer(gold)
+    checks = [_check_cached(gold, reading, timeout_s) for reading in percent_readings(normalize_answer(answer))]
+    return next((c for c in checks if c.equal), checks[0])
 
 
 @functools.lru_cache(maxsize=65536)

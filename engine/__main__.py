@@ -27,7 +27,15 @@ import threading
 from pathlib import Path
 
 from engine import checks, evidence_commands
-from engine.errors import EngineFailed, ExitCode, Interrupted, NotComparable, UserError, exit_code_epilog
+from engine.errors import (
+    EngineFailed,
+    ExitCode,
+    Interrupted,
+    NotComparable,
+    RunIncomplete,
+    UserError,
+    exit_code_epilog,
+)
 
 # The run directory of the command in progress, once known: where a crash's traceback is logged.
 _log_dir: Path | None = None
@@ -79,6 +87,8 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key-env", default=_openai_key_default(), help="--backend openai: environment variable "
                    "holding the API key (default OPENAI_API_KEY when set)")
     p.add_argument("--served-model", default=None, help="--backend openai: model id on the server (default: the one it serves)")
+    p.add_argument("--request-timeout", type=float, default=600.0, metavar="S",
+                   help="--backend openai: deadline of one attempt (connect + whole answer); all retries stop at twice it (default 600)")
     p.add_argument("--dtype", default="bfloat16", help="weights/activations dtype (bfloat16 = bf16, float16, float32)")
     p.add_argument("--tp", type=int, default=1, help="tensor parallel size (vllm)")
     p.add_argument("--dp", type=int, default=1,
@@ -326,6 +336,8 @@ def _engine_spec(args):
             raise UserError("--engine-arg: a served model's engine is set on the server's command line, not here")
         if not args.base_url:
             raise UserError("--backend openai: give --base-url URL of the OpenAI-compatible server")
+        if not args.request_timeout > 0:
+            raise UserError(f"--request-timeout {args.request_timeout:g}: must be a positive number of seconds")
         from engine import runner
         from engine.backends.openai_backend import describe_server
 
@@ -337,6 +349,7 @@ def _engine_spec(args):
             server_version=info.server_version,
             max_model_len=info.max_model_len,
             api_key_env=args.api_key_env,
+            timeout_s=args.request_timeout,
         )
     if args.base_url:
         raise UserError(f"--base-url is for --backend openai (this run uses --backend {args.backend})")
@@ -389,6 +402,7 @@ def _probe_tier0(args, run_dir: Path) -> int:
     report shows it); ExitCode.DEGRADED when --probe-gate trips."""
     import msgspec
 
+    from engine.records import atomic_write
     from probes import run as probe_run
     from probes.metrics import PROBE_FILE, format_summary
     from probes.store import REFERENCE_FILE
@@ -412,7 +426,7 @@ def _probe_tier0(args, run_dir: Path) -> int:
             engine_args=engine_args.validate(engine_args.parse(args.engine_arg)),  # the candidate the benches run
         )  # fmt: skip
         print(format_summary(summary, "(tier 0)"))
-    (Path(run_dir) / PROBE_FILE).write_bytes(msgspec.json.format(msgspec.json.encode(summary), indent=1))
+    atomic_write(Path(run_dir) / PROBE_FILE, msgspec.json.format(msgspec.json.encode(summary), indent=1))
     if args.probe_gate is not None and not summary.kl_mean <= args.probe_gate:
         print(f"probe gate: mean KL {summary.kl_mean:.6f} > {args.probe_gate:g}: the candidate is already broken; benches not run")
         return ExitCode.DEGRADED
@@ -1043,7 +1057,7 @@ def main(argv: list[str] | None = None) -> int:
     except NotComparable as exc:
         print(str(exc))
         return exc.exit_code
-    except Interrupted as exc:
+    except (Interrupted, RunIncomplete) as exc:
         print(str(exc), file=sys.stderr)
         return exc.exit_code
     except EngineFailed as exc:  # the engine or server went away mid-run: said in one line, no verdict

@@ -194,10 +194,16 @@ def resolve_baseline(arg: str | None, cand: Run, model_names: list[str], waive: 
         return Resolved(run=best[1])
     if Path(cand.dir).resolve().is_relative_to(baselines_root().resolve()):
         return Resolved(run=None, message=f"{cand.dir} is itself a baseline under {baselines_root()}")
-    serve_hint = (
-        f"no baseline for this spec under {baselines_root()}; this run can serve as one "
-        f"(copy {cand.dir} to {baselines_root() / (names[-1] if names else 'MODEL')}/<name>/ and commit it); "
-        f"a baseline with its KL reference and noise floor: `python -m engine baseline --model BASE --tier {cand.spec.tier}`"
+    serve_hint = f"no baseline for this spec under {baselines_root()}; " + (
+        f"this run can serve as one (copy {cand.dir} to {baselines_root() / (names[-1] if names else 'MODEL')}/<name>/ and commit it)"
+        if cand.manifest.startswith("verified")
+        # Interrupted, or requests failed: never a baseline until finished (a planned run has no manifest yet).
+        else f"{cand.dir} is INCOMPLETE (no manifest: interrupted or requests failed); rerun its command to finish it "
+        f"before it can serve as one"
+        if cand.manifest
+        else "the finished run can serve as one"
+    ) + (
+        f"; a baseline with its KL reference and noise floor: `python -m engine baseline --model BASE --tier {cand.spec.tier}`"
     )
     if closest is None:
         return Resolved(run=None, message=serve_hint)

@@ -63,3 +63,9 @@ class Interrupted(Exception):
 
 
 EXIT_CRASH = ExitCode.ERROR  # an unexpected error: never read as a verdict (0 pass, 1 degraded)
+
+
+class RunIncomplete(Exception):
+    """A run ended with (item, sample)s whose requests failed for good: no manifest, not graded."""
+
+    exit_code = ExitCode.INCOMPLETE

@@ -12,10 +12,16 @@ watches the harness from outside:
   the harness dies its children are reparented and can no longer be found through it;
 - when the harness dies it SIGKILLs every recorded process still alive (and their descendants),
   unlinks the recorded shared-memory segments and removes the scratch folder; told "stop" by a
-  harness that shut its engine down itself, it just exits.
+  harness that shut its engine down itself, it unlinks the recorded segments no process of the
+  harness uses any more (leftovers of the engine) and exits.
 
 The scratch folder (`$TMPDIR/dh-<uid>/vllm-<pid>-*`) is the engine's private TMPDIR: vLLM's ZMQ IPC
 socket files go there rather than into /tmp. Each start sweeps the folders of harnesses no longer alive.
+
+The agent sandbox (engine/sandbox.py) keeps its episodes' scratch dirs and staged data copies in one
+folder per process (`$TMPDIR/dh-agent-<pid>-*`) watched the same way: a SIGKILLed harness leaves
+neither a sandbox running nor a file of it behind. Watchdogs never kill one another (a harness with an
+engine and agent shells has two), so each finishes its own cleanup.
 """
 
 from __future__ import annotations
@@ -66,6 +72,38 @@ def sweep() -> list[Path]:
         if len(parts) >= 2 and entry.name.startswith(SCRATCH_PREFIX) and parts[1].isdigit() and not _alive(int(parts[1])):
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
+    return removed
+
+
+AGENT_AREA_PREFIX = "dh-agent-"  # engine.sandbox.agent_area's folders: $TMPDIR/dh-agent-<pid>-*
+
+
+def remove_tree(path: Path) -> None:
+    """rmtree that first makes every folder under `path` writable by us: a sandboxed command (or a
+    read-only staged copy) may have left folders that not even their owner can empty."""
+    path = Path(path)
+    if not path.exists() or path.is_symlink():
+        return
+    for root, dirs, _files in os.walk(path):
+        for name in dirs:
+            with contextlib.suppress(OSError):
+                full = os.path.join(root, name)
+                if not os.path.islink(full):
+                    os.chmod(full, 0o700)
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o700)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def sweep_agent_areas() -> list[Path]:
+    """Remove the agent folders of processes that are gone (in case their watchdog died with them)."""
+    removed = []
+    for entry in Path(tempfile.gettempdir()).glob(f"{AGENT_AREA_PREFIX}*"):
+        parts = entry.name.split("-")
+        if len(parts) >= 3 and parts[2].isdigit() and not _alive(int(parts[2])) and not entry.is_symlink():
+            if entry.stat().st_uid == os.geteuid():
+                remove_tree(entry)
+                removed.append(entry)
     return removed
 
 
@@ -166,7 +204,7 @@ class Watchdog:
             except (OSError, subprocess.TimeoutExpired):
                 self.proc.kill()
                 self.proc.wait()
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        remove_tree(self.scratch)
 
 
 def _package_root() -> str:
@@ -194,6 +232,15 @@ def _all_processes() -> dict[int, tuple[int, int]]:
         if entry.isdigit() and (stat := _stat(int(entry))) is not None:
             found[int(entry)] = stat
     return found
+
+
+def _is_watchdog(pid: int) -> bool:
+    """Another harness watchdog (python -m engine.reaper): left alone to finish its own cleanup."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"engine.reaper" in argv[:4]
 
 
 def _descendants(roots: set[int], table: dict[int, tuple[int, int]]) -> set[int]:
@@ -239,19 +286,35 @@ def watch(parent: int, scratch: Path) -> None:
         table = _all_processes()
         shm |= _shm_files(parent)  # vLLM's shared-memory queues are made by the harness itself too
         for pid in _descendants({parent}, table) - {me}:
+            if pid not in tracked and _is_watchdog(pid):
+                continue
             tracked.setdefault(pid, table[pid][1])
             shm |= _shm_files(pid)
         readable, _, _ = select.select([pidfd, sys.stdin], [], [], REFRESH_S)
         if sys.stdin in readable:
             line = sys.stdin.readline()
             if line.strip() == "stop":
+                _unlink_unused(shm, parent)
                 return
             if not line:  # our harness's end of the pipe closed and no forked child holds it: it is gone
                 break
         if pidfd in readable:
             break
     _reap(tracked, shm)
-    shutil.rmtree(scratch, ignore_errors=True)
+    remove_tree(scratch)
+
+
+def _unlink_unused(shm: set[str], parent: int) -> None:
+    """After a clean shutdown: the recorded /dev/shm segments no live process of the harness maps or
+    holds any more are leftovers (vLLM's tensor-parallel broadcast queues can outlive their engine):
+    unlinked. A segment still in use is left alone."""
+    table = _all_processes()
+    in_use: set[str] = set()
+    for pid in {parent} | _descendants({parent}, table):
+        in_use |= _shm_files(pid)
+    for path in shm - in_use:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def _reap(tracked: dict[int, int], shm: set[str]) -> None:
@@ -260,7 +323,7 @@ def _reap(tracked: dict[int, int], shm: set[str]) -> None:
     while time.monotonic() < deadline:
         table = _all_processes()
         alive = {pid for pid, started in tracked.items() if pid in table and table[pid][1] == started}
-        alive |= _descendants(alive, table) - {os.getpid()}
+        alive |= {pid for pid in _descendants(alive, table) - {os.getpid()} if not _is_watchdog(pid)}
         if not alive:
             break
         for pid in alive:

@@ -13,7 +13,10 @@ line that does not decode, a record whose checksum does not match, a conflicting
 outside [0, 1] is an error naming the file and line: records are never silently dropped or trusted.
 
 Nothing is ever written outside the run directory: every file is opened with O_NOFOLLOW, temporaries
-are created with O_EXCL, and a run directory holding a symlink is refused.
+are created with O_EXCL, and a run directory holding a symlink is refused. Nothing is written through a
+shared inode either: every file the run writes is opened by open_run_file(), which first gives a file
+with other hard links (a run directory copied with `cp -al`) or one owned by another user a private
+copy of its own (see open_run_file), so the original is never modified.
 """
 
 from __future__ import annotations
@@ -115,6 +118,70 @@ def _open_no_follow(path: Path, flags: int, mode: int = 0o644) -> int:
         raise
 
 
+def _shared(st: os.stat_result) -> str | None:
+    """Why writing through this inode would modify someone else's file, or None."""
+    if st.st_nlink > 1:
+        return f"has {st.st_nlink - 1} other hard link(s)"
+    if st.st_uid != os.geteuid():
+        return f"is owned by uid {st.st_uid}, not this user"
+    return None
+
+
+def _private_copy(path: Path, fd: int) -> None:
+    """Replace the directory entry `path` by a copy of the file open at `fd` that only this run holds."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    out = _open_no_follow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        while block := os.read(fd, 1 << 20):
+            os.write(out, block)
+        os.fsync(out)
+        os.close(out)
+        out = -1
+        os.rename(tmp, path)  # replaces our directory entry only: the other links keep the old inode
+    except BaseException:
+        if out >= 0:
+            os.close(out)
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def open_run_file(path: Path, flags: int, mode: int = 0o644) -> int:
+    """The one way the harness opens a file of a run directory for writing (records, lock, notes,
+    timing, temporaries of atomic_write, and any per-bench file added later): an fd that only this run
+    writes through.
+
+    A symlink is refused. An existing file with other hard links (a run directory copied with
+    `cp -al` shares its inodes with the original) or owned by another user is COPIED first: the
+    directory entry is replaced by a private copy of the same bytes, then opened; the other links keep
+    the original inode, byte-identical. (Refusing would make a hard-linked copy unusable; copying is
+    what the user who made it meant.) The check is made on the opened fd, so a file swapped in between
+    is caught too; a directory where the copy cannot be made (not ours, read-only) is an error naming it.
+    """
+    path = Path(path)
+    for _ in range(3):
+        fd = _open_no_follow(path, flags, mode)
+        why = _shared(os.fstat(fd))
+        if why is None:
+            return fd
+        os.close(fd)
+        reader = _open_no_follow(path, os.O_RDONLY)
+        try:
+            if _shared(os.fstat(reader)) is None:
+                continue  # replaced meanwhile by a private file: open that one
+            try:
+                _private_copy(path, reader)
+            except PermissionError as exc:
+                raise UserError(
+                    f"{path}: {why} and cannot be replaced by a private copy ({exc.strerror}); "
+                    f"run into a new --out instead"
+                ) from exc
+        finally:
+            os.close(reader)
+        print(f"note: {path}: {why}; writing to a private copy, the other link(s) left untouched", file=sys.stderr)
+    raise UserError(f"{path}: keeps being replaced by a shared file while the run opens it; is another program writing here?")
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write `data` to `path` all at once: a fresh temporary (O_EXCL, O_NOFOLLOW) renamed over it.
 
@@ -125,7 +192,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     if path.is_symlink():
         raise UserError(f"{path}: is a symlink; the harness writes only real files in the run directory: remove it")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = _open_no_follow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    fd = open_run_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -280,9 +347,12 @@ def answered(records: list[ItemRecord]) -> list[ItemRecord]:
 # ---- the manifest: records files as they were when the run completed -----------------------------
 
 
-class ManifestEntry(msgspec.Struct, frozen=True, kw_only=True):
+class ManifestEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     sha256: str
     bytes: int
+    # The checksum of each line's record, in file order: lets a mismatch name its first changed line.
+    # Empty in manifests written before it existed (then only the file is named).
+    lines: list[str] = []
 
 
 def _file_sha256(path: Path) -> str:
@@ -298,15 +368,22 @@ def write_manifest(run_dir: Path, bench_names: list[str]) -> None:
     run_dir = Path(run_dir)
     entries = {}
     for name in bench_names:
-        for path in (records_path(run_dir, name), items_path(run_dir, name)):
-            if not path.is_file():
-                continue
-            entries[f"{RECORDS_DIR}/{path.name}"] = ManifestEntry(sha256=_file_sha256(path), bytes=path.stat().st_size)
+        path = records_path(run_dir, name)
+        if path.is_file():
+            scanned, _, _ = _scan(path)
+            entries[f"{RECORDS_DIR}/{path.name}"] = ManifestEntry(
+                sha256=_file_sha256(path), bytes=path.stat().st_size, lines=[rec.checksum for _, rec in scanned]
+            )
+        items = items_path(run_dir, name)
+        if items.is_file():  # the items as asked: the file as a whole (its lines are no records)
+            entries[f"{RECORDS_DIR}/{items.name}"] = ManifestEntry(sha256=_file_sha256(items), bytes=items.stat().st_size)
     atomic_write(run_dir / MANIFEST_FILE, msgspec.json.format(_encoder.encode(entries), indent=1))
 
 
 def clear_manifest(run_dir: Path) -> None:
-    """Before appending to a run: its manifest would no longer describe the files."""
+    """Before appending to a run whose manifest was just verified (an early-stopped run taken further):
+    it would no longer describe the files. A manifest that does not match is never cleared: see
+    refuse_edited_finished_run."""
     path = Path(run_dir) / MANIFEST_FILE
     if path.is_symlink() or path.exists():
         path.unlink()
@@ -327,9 +404,43 @@ def verify_manifest(run_dir: Path) -> str:
             raise UserError(f"{target}: listed in {path} but missing: records were removed after the run completed")
         if target.stat().st_size != entry.bytes or _file_sha256(target) != entry.sha256:
             raise UserError(
-                f"{target}: does not match {path} (sha256 {entry.sha256[:12]}…): the records changed after the run completed"
+                f"{_first_changed_line(target, entry)}: does not match {path} (sha256 {entry.sha256[:12]}…): "
+                f"the records changed after the run completed"
             )
     return f"verified ({len(entries)} files)"
+
+
+def _first_changed_line(target: Path, entry: ManifestEntry) -> str:
+    """'FILE:LINE' of the first line that differs from the manifest's record list, else 'FILE'."""
+    if not entry.lines:
+        return str(target)
+    data = target.read_bytes()
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    for line_no, line in enumerate(lines, 1):
+        if line_no > len(entry.lines):
+            return f"{target}:{line_no}"  # added after completion
+        try:
+            checksum = _record_decoder.decode(line).checksum
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return f"{target}:{line_no}"
+        if checksum != entry.lines[line_no - 1]:
+            return f"{target}:{line_no}"
+    return f"{target}:{len(lines) + 1}"  # lines removed from the end (or the bytes of a line changed)
+
+
+def refuse_edited_finished_run(run_dir: Path) -> None:
+    """Before resuming into a run directory: a finished run (manifest present) whose records no longer
+    match the manifest is refused with the file and line, as `compare` refuses it. Nothing is cut,
+    deleted or regenerated: the manifest and the edited records stay as the evidence of the edit."""
+    try:
+        verify_manifest(run_dir)
+    except UserError as exc:
+        raise UserError(
+            f"{exc}; this finished run is left as it is (nothing deleted): to run again, "
+            f"choose a new directory with --out"
+        ) from exc
 
 
 class Run(msgspec.Struct):
@@ -349,6 +460,21 @@ def read_run(run_dir: Path | str) -> Run:
     return Run(dir=run_dir, spec=spec, records=records, manifest=manifest)
 
 
+def incomplete_reason(run: Run) -> str | None:
+    """None for a finished run (manifest verified); else the one line that says it is not one, for
+    every headline that shows a run on its own (it is never to be committed as a baseline)."""
+    if run.manifest.startswith("verified"):
+        return None
+    done = sum(len({(r.item_id, r.sample) for r in answered(run.records.get(b.name, []))}) for b in run.spec.benches)
+    failed = sum(1 for b in run.spec.benches for r in run.records.get(b.name, []) if r.error is not None)
+    total = sum(b.n_items * b.samples for b in run.spec.benches)
+    why = f"{failed} request(s) failed" if failed else "interrupted"
+    return (
+        f"INCOMPLETE run: {done} of {total} item samples answered ({why}; no manifest); "
+        f"rerun its command to finish it; not usable as a baseline"
+    )
+
+
 class RecordWriter:
     """Append-only writer for one bench's records; repairs a torn tail before the first append."""
 
@@ -364,7 +490,7 @@ class RecordWriter:
             if problem:
                 print(f"warning: {path}: {problem}; cutting it off before resuming", file=sys.stderr)
                 append_note(path.parent.parent, "torn_tail", f"{path.name}: {problem}; cut off before resuming")
-                fd = _open_no_follow(path, os.O_WRONLY)
+                fd = open_run_file(path, os.O_WRONLY)
                 try:
                     os.ftruncate(fd, good_end)
                     os.fsync(fd)
@@ -372,9 +498,11 @@ class RecordWriter:
                     os.close(fd)
         # Error records are not done: a rerun retries them.
         self.done: set[tuple[str, int]] = {(r.item_id, r.sample) for r in existing if r.error is None}
+        # (item, sample) whose last word is an error record: while any remain the run is incomplete.
+        self.failed: set[tuple[str, int]] = {(r.item_id, r.sample) for r in existing if r.error is not None}
         self.existing = [r for r in existing if r.error is None]
         self.appended: list[ItemRecord] = []  # written by this writer (this session of the run)
-        self._fd = _open_no_follow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        self._fd = open_run_file(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
 
     def append(self, record: ItemRecord) -> None:
         key = (record.item_id, record.sample)
@@ -386,6 +514,9 @@ class RecordWriter:
         os.fsync(self._fd)
         if record.error is None:
             self.done.add(key)
+            self.failed.discard(key)
+        else:
+            self.failed.add(key)
         self.appended.append(record)
 
     def close(self) -> None:
@@ -399,7 +530,7 @@ class RunLock:
         run_dir.mkdir(parents=True, exist_ok=True)
         refuse_symlinks(run_dir)
         # No O_TRUNC: the lock file's content is never used, only its flock.
-        self._fd = _open_no_follow(run_dir / ".lock", os.O_WRONLY | os.O_CREAT)
+        self._fd = open_run_file(run_dir / ".lock", os.O_WRONLY | os.O_CREAT)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
@@ -436,6 +567,15 @@ def progress(run_dir: Path, spec: RunSpec) -> tuple[int, int]:
             scanned, _, _ = _scan(path)
             done += len({(rec.item_id, rec.sample) for _, rec in scanned if rec.error is None})
     return done, total
+
+
+def append_line(path: Path, line: bytes) -> None:
+    """Append one line to a run directory's advisory log (timing, notes) through open_run_file."""
+    fd = open_run_file(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
 
 
 def records_path(run_dir: Path, bench: str) -> Path:
@@ -499,12 +639,7 @@ def append_note(run_dir: Path, kind: str, message: str) -> None:
     run_dir = Path(run_dir)
     if not (run_dir / SPEC_FILE).is_file():
         return  # not (yet) a run directory: nothing to attach the note to
-    line = _encoder.encode(Note(time=round(time.time(), 3), kind=kind, message=message)) + b"\n"
-    fd = _open_no_follow(run_dir / NOTES_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
+    append_line(run_dir / NOTES_FILE, _encoder.encode(Note(time=round(time.time(), 3), kind=kind, message=message)) + b"\n")
 
 
 def read_notes(run_dir: Path) -> list[Note]:

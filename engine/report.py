@@ -23,7 +23,7 @@ from engine.grade.bench import BenchComparison
 from engine.grade.text import _level, _p, _pct, _pts, bench_details, delta_cell, family_lines
 from engine.grade.verdict import Verdict
 from engine.pairing import PairedItems
-from engine.records import Run
+from engine.records import Run, incomplete_reason
 from engine.traits_report import TraitsReport
 
 _CSS = """
@@ -234,6 +234,8 @@ def _comparison_page(cmp: Verdict, base: Run, cand: Run) -> str:
 def _single_page(run: Run) -> str:
     plt = _plt()
     parts = [f"<h1>Run report: {_esc(run.spec.model)}</h1>", f"<p class=muted>{_esc(run.dir)} (no baseline given or found)</p>"]
+    if (incomplete := incomplete_reason(run)) is not None:
+        parts[0] = f"<h1>Run report: {_esc(run.spec.model)} (INCOMPLETE)</h1><p class=flag>{_esc(incomplete)}</p>"
     rows = []
     for spec in run.spec.benches:
         records = run.records.get(spec.name, [])

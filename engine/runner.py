@@ -17,7 +17,7 @@ import benches as bench_registry
 from benches import Item, split_reasoning
 from engine import models, provenance, sequential
 from engine.backends import Backend, BackendError, EndpointDown, load_tokenizer, render_chat
-from engine.errors import EngineFailed, UserError
+from engine.errors import EngineFailed, RunIncomplete, UserError
 from engine.records import (
     SPEC_FILE,
     ItemRecord,
@@ -25,12 +25,14 @@ from engine.records import (
     RecordWriter,
     Run,
     RunLock,
+    append_line,
     append_note,
     atomic_write,
     clear_manifest,
     encode_spec,
     read_spec,
     records_path,
+    refuse_edited_finished_run,
     refuse_symlinks,
     write_items,
     write_manifest,
@@ -280,12 +282,17 @@ async def execute(
     (started only if work is left, closed here). All benches feed one queue, so the engine never
     drains between benches. With a baseline (--early-stop) a bench stops taking new items once its
     degradation is certain.
+
+    The manifest (the mark of a finished run) is written only when no (item, sample) is left with a
+    failed request; otherwise RunIncomplete (exit ExitCode.INCOMPLETE) says how many, and a rerun
+    retries them. A finished run whose records were edited is refused before anything is touched.
     """
     spec = plan.spec
     lock = RunLock(run_dir)
     writers: dict[str, RecordWriter] = {}
     opened: Backend | None = None
     try:
+        refuse_edited_finished_run(run_dir)
         pending: dict[str, list[tuple[Item, int]]] = {}
         for name, bench in plan.benches.items():
             write_items(run_dir, name, item_texts(bench, spec.think))
@@ -308,7 +315,7 @@ async def execute(
                 )
         if not any(pending.values()):
             print(f"{run_dir}: all items already done", file=sys.stderr)
-            write_manifest(run_dir, list(plan.benches))
+            _finish(run_dir, plan, writers, monitors)
             return
         clear_manifest(run_dir)  # written again once every pending item is on disk
         if not hasattr(backend, "generate"):
@@ -318,7 +325,7 @@ async def execute(
             print(f"{backend_name(spec.engine)} engine ready in {time.monotonic() - t0:.0f}s", file=sys.stderr)
         tokenizer = load_tokenizer(plan.checkpoint) if spec.think and plan.checkpoint is not None else None
         await _run_benches(plan, pending, writers, backend, concurrency, tokenizer, monitors, run_dir)
-        write_manifest(run_dir, list(plan.benches))
+        _finish(run_dir, plan, writers, monitors)
     finally:
         for writer in writers.values():
             writer.close()
@@ -337,6 +344,25 @@ def item_texts(bench: BenchPlan, think: bool) -> list[ItemText]:
         )  # fmt: skip
         for item in bench.items
     ]
+
+
+def _finish(run_dir: Path, plan: RunPlan, writers: dict[str, RecordWriter], monitors: dict[str, sequential.Monitor]) -> None:
+    """The manifest if every (item, sample) the run still needs is answered; else RunIncomplete.
+
+    A bench stopped early (--early-stop) needs none of its remaining items."""
+    failed = {name: len(w.failed) for name, w in writers.items() if w.failed and not (name in monitors and monitors[name].stopped)}
+    if failed:
+        where = ", ".join(f"{name} {n}" for name, n in failed.items())
+        done, total = _counts(plan, writers)
+        raise RunIncomplete(
+            f"{run_dir}: incomplete: {sum(failed.values())} request(s) failed for good ({where}); {done} of {total} done; "
+            f"no manifest written; rerun the same command to retry them"
+        )
+    write_manifest(run_dir, list(plan.benches))
+
+
+def _counts(plan: RunPlan, writers: dict[str, RecordWriter]) -> tuple[int, int]:
+    return sum(len(w.done) for w in writers.values()), sum(len(b.items) * b.samples for b in plan.benches.values())
 
 
 class _Progress:
@@ -475,8 +501,7 @@ def _append_timing(run_dir: Path, writers: dict[str, RecordWriter], started: flo
         wall_s=round(time.monotonic() - started, 3),
         concurrency=concurrency,
     )
-    with open(Path(run_dir) / TIMING_FILE, "ab") as f:
-        f.write(msgspec.json.encode(timing) + b"\n")
+    append_line(Path(run_dir) / TIMING_FILE, msgspec.json.encode(timing) + b"\n")
 
 
 def read_timings(run_dir: Path) -> list[Timing]:

@@ -254,9 +254,9 @@ def _run_bwrap(program, output, limits: Limits, as_main: bool, slot: int) -> int
     return _reap(proc, info, output, deadline)
 
 
-def _reap(proc, info: bytes, output, deadline: float) -> int | None:
-    """Wait for a bwrap run (killing it at the deadline) and for every process in its namespace;
-    its return code, or None when the wall clock ran out."""
+def _reap(proc, info: bytes, output, deadline: float, stop_when=None) -> int | None:
+    """Wait for a bwrap run (killing it at the deadline, or as soon as `stop_when()` says so) and for
+    every process in its namespace; its return code, or None when the wall clock ran out."""
     if not info:
         returncode = _wait_or_kill(proc, deadline)
         if returncode is None:  # the wall clock ran out before the sandbox was even up
@@ -264,10 +264,21 @@ def _reap(proc, info: bytes, output, deadline: float) -> int | None:
         output.seek(0)
         raise SandboxError(f"bwrap could not set up the sandbox: {output.read(2000).decode(errors='replace').strip()}")
     init_fd = _open_init(info)
+    stopped = False
+    if stop_when is not None:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if stop_when():
+                stopped = True
+                if init_fd is not None:
+                    _kill(init_fd)  # the whole pid namespace, whatever process groups it made
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(QUOTA_POLL_S)
     returncode = _wait_or_kill(proc, deadline)
     if init_fd is not None:
         try:
-            if returncode is None:
+            if returncode is None or stopped:
                 _kill(init_fd)
             # The namespace's init exits only once every process in it is gone: wait for that.
             if not select.select([init_fd], [], [], 5.0)[0]:
@@ -384,9 +395,12 @@ class ShellResult(msgspec.Struct, frozen=True, kw_only=True):
     wall_s: float
 
 
-# Runs inside the sandbox: set the limits, then become bash running the command (argv 7).
+# Runs inside the sandbox: set the limits, then become bash running the command (argv 7). Python
+# ignores SIGXFSZ and an ignored signal stays ignored across exec: restored, so a command writing past
+# the file size limit dies of it (exit 153, reported to the model) instead of a bare "File too large".
 _SHELL_WRAPPER = r"""
-import os, resource, sys
+import os, resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
 cpu, memory, fsize, nofile, nproc = (int(a) for a in sys.argv[1:6])
 resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
 for res, value in ((resource.RLIMIT_AS, memory), (resource.RLIMIT_FSIZE, fsize), (resource.RLIMIT_NOFILE, nofile),
@@ -400,9 +414,47 @@ os.execv("/bin/bash", ["bash", "--noprofile", "--norc", "-c", sys.argv[6]])
 _agent_uids: Queue[int] = Queue()
 for _n in range(AGENT_UIDS):
     _agent_uids.put(AGENT_UID_BASE + _n)
-_staged_lock = threading.Lock()
-_staged: dict[tuple[str, str], str] = {}  # (data dir, content key) -> world-readable copy
 _agent_probe: dict[str, str | None] = {}
+QUOTA_POLL_S = 0.01  # how often the scratch dir's size is measured while a command runs
+AGENT_AREA_PREFIX = "dh-agent-"
+_area_lock = threading.Lock()
+_area: list = []  # [(folder, reaper.Watchdog)] once made: one per process
+
+
+def agent_area() -> Path:
+    """This process's folder for agent scratch dirs and staged data copies ($TMPDIR/dh-agent-PID-*),
+    made on first use together with a watchdog (engine/reaper.py) that removes it, and kills the
+    sandboxes, when this process dies, SIGKILL included. Mode 0711: a sandbox uid can pass through to
+    its own episode's folders but not list the others. Folders of dead processes are swept first."""
+    from engine import reaper
+
+    with _area_lock:
+        if _area:
+            return _area[0][0]
+        reaper.sweep_agent_areas()
+        folder = Path(tempfile.mkdtemp(prefix=f"{AGENT_AREA_PREFIX}{os.getpid()}-"))
+        os.chmod(folder, 0o711)
+        watchdog = reaper.Watchdog(folder)
+        _area.append((folder, watchdog))
+
+        import atexit
+
+        atexit.register(_close_area)
+        return folder
+
+
+def _close_area() -> None:
+    with _area_lock:
+        if _area:
+            folder, watchdog = _area.pop()
+            watchdog.stop()  # removes the folder too
+
+
+def _private_tree(path: str) -> None:
+    """Remove a folder of ours whatever modes a sandboxed command left inside it."""
+    from engine import reaper
+
+    reaper.remove_tree(Path(path))
 
 
 @functools.cache
@@ -562,30 +614,30 @@ def _link_or_copy(source: str, target: str) -> None:
     os.chmod(target, os.stat(target).st_mode | stat.S_IROTH | (stat.S_IXOTH if os.stat(target).st_mode & stat.S_IXUSR else 0))
 
 
-def _stage_data(data_dir: Path) -> str:
-    """A world-readable copy of `data_dir` (the sandbox uid may not reach the original, e.g. under
-    /root/.cache), made once per process and content; removed at exit."""
+def _stage_data(data_dir: Path, uid: int | None) -> str:
+    """The episode's own copy of `data_dir` in the agent area (the sandbox uid may not reach the
+    original, e.g. under /root/.cache): readable by its owner only, owned by the episode's uid (as
+    root) or ours, so no other user or episode can read it. Removed with the episode, or by the
+    watchdog if this process is killed."""
     data_dir = Path(data_dir).resolve()
-    files = sorted(p for p in data_dir.rglob("*") if p.is_file())
-    key = "|".join(f"{p.relative_to(data_dir)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
-    with _staged_lock:
-        held = _staged.get((str(data_dir), key))
-        if held is not None:
-            return held
-        root = tempfile.mkdtemp(prefix="dh-agent-data-")
-        os.chmod(root, 0o755)
-        for path in files:
-            target = Path(root) / path.relative_to(data_dir)
+    root = tempfile.mkdtemp(prefix="data-", dir=agent_area())
+    folders = [root]
+    for path in sorted(data_dir.rglob("*")):
+        target = Path(root) / path.relative_to(data_dir)
+        if path.is_dir():
+            target.mkdir(exist_ok=True)
+            folders.append(str(target))
+        elif path.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(target.parent, 0o755)
             shutil.copyfile(path, target)
-            os.chmod(target, 0o444)
-        if not _staged:
-            import atexit
-
-            atexit.register(lambda: [shutil.rmtree(p, ignore_errors=True) for p in list(_staged.values())])
-        _staged[(str(data_dir), key)] = root
-        return root
+            os.chmod(target, 0o400)
+            if uid is not None:
+                os.chown(target, uid, uid)
+    for folder in reversed(folders):  # read-only from the leaves up (a 0500 folder takes no new entries)
+        if uid is not None:
+            os.chown(folder, uid, uid)
+        os.chmod(folder, 0o500)
+    return root
 
 
 class AgentShell:
@@ -601,18 +653,25 @@ class AgentShell:
             require_agent()
         self.limits = limits
         self.data_mount = data_mount
-        self._data = _stage_data(data_dir)
         self._site = _site_packages()
         self._as_root = os.geteuid() == 0
         try:
             self.uid = _agent_uids.get(timeout=600) if self._as_root else os.geteuid()
         except Exception as exc:
             raise SandboxError(f"no free agent uid after 600 s ({AGENT_UIDS} shells open)") from exc
-        self.scratch = tempfile.mkdtemp(prefix="dh-agent-scratch-")
-        if self._as_root:
-            os.chown(self.scratch, self.uid, self.uid)
-        os.chmod(self.scratch, 0o700)
+        self.scratch = ""
+        self._data = ""
+        try:
+            self._data = _stage_data(data_dir, self.uid if self._as_root else None)
+            self.scratch = tempfile.mkdtemp(prefix="scratch-", dir=agent_area())
+            if self._as_root:
+                os.chown(self.scratch, self.uid, self.uid)
+            os.chmod(self.scratch, 0o700)
+        except BaseException:
+            self._release()
+            raise
         self.commands = 0
+        self._quota_hit = False
 
     def __enter__(self) -> AgentShell:
         return self
@@ -622,10 +681,15 @@ class AgentShell:
 
     def close(self) -> None:
         if self.scratch:
-            shutil.rmtree(self.scratch, ignore_errors=True)
-            self.scratch = ""
-            if self._as_root:
-                _agent_uids.put(self.uid)
+            self._release()
+
+    def _release(self) -> None:
+        for folder in (self.scratch, self._data):
+            if folder:
+                _private_tree(folder)
+        self.scratch = self._data = ""
+        if self._as_root:
+            _agent_uids.put(self.uid)
 
     def _args(self, command: str, info_fd: int) -> list[str]:
         python, python_mounts = _agent_interpreter()
@@ -662,7 +726,7 @@ class AgentShell:
         nproc = lim.processes if self._as_root else -1
         return args + [
             python, "-I", "-S", "-c", _SHELL_WRAPPER,
-            str(lim.cpu_s), str(lim.memory_mb << 20), str(lim.file_mb << 20), str(lim.open_files), str(nproc), command,
+            str(lim.cpu_s), str(lim.memory_mb << 20), str(self._file_limit), str(lim.open_files), str(nproc), command,
         ]  # fmt: skip
 
     def run(self, command: str) -> ShellResult:
@@ -671,6 +735,11 @@ class AgentShell:
             raise SandboxError("the shell is closed")
         self.commands += 1
         started = time.monotonic()
+        # One file can never pass what is left of the scratch quota (the kernel's RLIMIT_FSIZE, exact);
+        # the sum of several files is measured while the command runs (_over_quota).
+        left = max(0, (self.limits.scratch_mb << 20) - _usage(self.scratch))
+        self._file_limit = min(self.limits.file_mb << 20, left)
+        self._quota_hit = False
         slot = _slots.get()  # bounds the sandboxes running at once (shared with run_python)
         try:
             with tempfile.TemporaryFile() as output:
@@ -680,12 +749,26 @@ class AgentShell:
                 text = _head_tail(output, size, self.limits.output_head, self.limits.output_tail)
         finally:
             _slots.put(slot)
-        note = self._enforce_scratch_quota()
+        at_file_limit = False
         exit_code = None if returncode is None else 128 - returncode if returncode < 0 else returncode
+        if exit_code not in (None, 0, 128 + signal.SIGXFSZ) and not self._quota_hit:
+            # A program that ignores SIGXFSZ (python3 does) gets EFBIG and exits 1: the file it was
+            # writing stopped at exactly the limit.
+            at_file_limit = size >= self._file_limit or _file_at(self.scratch, self._file_limit)
+        note = self._enforce_scratch_quota(during=self._quota_hit)
+        limit_text = (
+            f"the {self.limits.file_mb} MB file size limit"
+            if self._file_limit == self.limits.file_mb << 20
+            else f"the {self._file_limit / (1 << 20):.1f} MB left of the scratch quota"
+        )
         if exit_code is None:
             note += f"\n[killed: the command ran past its {self.limits.wall_s:g} s wall clock]"
+        elif self._quota_hit:
+            pass  # said by _enforce_scratch_quota
         elif exit_code == 128 + signal.SIGXFSZ:
-            note += f"\n[killed: output or a file passed the {self.limits.file_mb} MB file size limit]"
+            note += f"\n[killed: output or a file passed {limit_text}]"
+        elif at_file_limit:
+            note += f"\n[a write failed: output or a file reached {limit_text}]"
         elif exit_code in (128 + signal.SIGXCPU, 128 + signal.SIGKILL):
             note += f"\n[killed: signal {exit_code - 128} (CPU limit {self.limits.cpu_s} s, or memory)]"
         return ShellResult(
@@ -712,24 +795,49 @@ class AgentShell:
             info = _read_all(info_read, deadline)
         finally:
             os.close(info_read)
-        return _reap(proc, info, output, deadline)
+        return _reap(proc, info, output, deadline, stop_when=self._over_quota)
 
-    def _enforce_scratch_quota(self) -> str:
-        total = 0
-        for root, _dirs, files in os.walk(self.scratch):
-            for name in files:
-                with contextlib.suppress(OSError):
-                    total += os.lstat(os.path.join(root, name)).st_blocks * 512
-        if total <= self.limits.scratch_mb << 20:
+    def _over_quota(self) -> bool:
+        """Polled every QUOTA_POLL_S while a command runs: True (the sandbox is killed) once the
+        scratch dir holds more than its quota."""
+        if _usage(self.scratch) > self.limits.scratch_mb << 20:
+            self._quota_hit = True
+        return self._quota_hit
+
+    def _enforce_scratch_quota(self, during: bool = False) -> str:
+        # Full counts as passed: a file stopped at what was left of the quota fills it exactly, and a
+        # full scratch would fail every later command's output.
+        if not during and _usage(self.scratch) < self.limits.scratch_mb << 20:
             return ""
         for entry in os.listdir(self.scratch):
             path = os.path.join(self.scratch, entry)
             if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)
+                _private_tree(path)
             else:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
-        return f"\n[the scratch dir passed its {self.limits.scratch_mb} MB quota: its files were removed]"
+        when = "killed while it ran: " if during else ""
+        return f"\n[{when}the scratch dir reached its {self.limits.scratch_mb} MB quota: its files were removed]"
+
+
+def _usage(folder: str) -> int:
+    """Bytes of disk the files under `folder` take."""
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+    return total
+
+
+def _file_at(folder: str, size: int) -> bool:
+    """Whether a file under `folder` is exactly `size` bytes long (where a write past the limit stopped)."""
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):
+                if os.lstat(os.path.join(root, name)).st_size == size:
+                    return True
+    return False
 
 
 def _head_tail(output, size: int, head: int, tail: int) -> str:

@@ -205,7 +205,7 @@ def test_manifest_is_verified_and_reported_by_compare(tmp_path):
     # A valid, correctly sealed record appended after completion still changes the file: caught.
     path = records_path(base_dir, "arith")
     path.write_bytes(path.read_bytes() + msgspec.json.encode(seal(record("e", 1))) + b"\n")
-    with pytest.raises(UserError, match=r"arith\.jsonl: does not match .*manifest\.json"):
+    with pytest.raises(UserError, match=r"arith\.jsonl:5: does not match .*manifest\.json"):
         read_run(base_dir)
 
 

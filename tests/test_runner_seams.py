@@ -11,7 +11,7 @@ import pytest
 from benches import Item, Scored
 from engine import runner
 from engine.backends import BackendError, EndpointDown, GenResult
-from engine.errors import EngineFailed
+from engine.errors import EngineFailed, RunIncomplete
 from engine.pairing import per_item_values
 from engine.records import Turn, read_notes, read_records, read_run, records_path
 from engine.solvers import Episode, Session
@@ -116,7 +116,11 @@ def test_solver_seam_records_turns_and_stop_reason(tmp_path):
 def test_failed_requests_are_error_items_and_a_rerun_retries_them(tmp_path):
     plan = _plan({"a": _module("a")})
     flaky = ScriptedBackend(fail=lambda r: BackendError("HTTP 400: bad request") if "a1" in r.request_id else None)
-    run = _run(plan, tmp_path / "run", flaky)
+    runner.prepare_run_dir(tmp_path / "run", plan.spec)
+    with pytest.raises(RunIncomplete, match=r"incomplete: 1 request\(s\) failed for good \(a 1\); 3 of 4 done"):
+        asyncio.run(runner.execute(plan, tmp_path / "run", flaky, concurrency=3))
+    run = read_run(tmp_path / "run")
+    assert run.manifest == "absent"  # a run with failed requests never looks finished
     errors = [r for r in read_records(records_path(tmp_path / "run", "a")) if r.error]
     assert [r.item_id for r in errors] == ["a1"] and errors[0].score == 0.0
     assert per_item_values(plan.spec.benches[0], run.records["a"]).keys() == {"a0", "a2", "a3"}  # never a wrong answer
@@ -126,6 +130,7 @@ def test_failed_requests_are_error_items_and_a_rerun_retries_them(tmp_path):
     assert [r.request_id for r in healthy.requests] == ["a-a1-0-t0"]  # only the failed item is sent again
     assert sorted(r.item_id for r in run.records["a"]) == ["a0", "a1", "a2", "a3"]
     assert all(r.error is None for r in run.records["a"])
+    assert run.manifest.startswith("verified")
 
 
 def test_server_gone_stops_the_run_with_records_intact(tmp_path):

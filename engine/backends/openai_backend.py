@@ -6,6 +6,12 @@ the model's generation config (vLLM's `--generation-config auto`, the default), 
 silently changes the operating point. The server renders the chat template itself;
 `chat_template_kwargs.enable_thinking` carries `--think`.
 
+Time limits: every attempt has one deadline for the whole exchange (connect + first byte + whole
+body: `--request-timeout`, OpenAIEngine.timeout_s), so a server that sends part of a body and stalls
+costs that deadline, not one read timeout per trickled byte. All attempts of one request together
+(waits between them included) stop at RETRY_BUDGET_FACTOR times that deadline, whatever max_retries
+says; each retry is announced on stderr with what failed and the budget left.
+
 Failures: connection errors, timeouts, 429 and 5xx are retried with exponential backoff and jitter.
 A request that still fails is a `BackendError` (the runner records an error item, never a wrong
 answer); a 4xx other than 429 is one at once, with the server's own message. A server that cannot be
@@ -19,6 +25,8 @@ import asyncio
 import json
 import os
 import random
+import sys
+import time
 from typing import Any
 
 import httpx
@@ -43,6 +51,9 @@ class ServerInfo(msgspec.Struct, frozen=True, kw_only=True):
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
+# All attempts of one request end within this many per-attempt deadlines: a stalled server costs at
+# most 2 x --request-timeout per request (was: the deadline x 6 attempts).
+RETRY_BUDGET_FACTOR = 2.0
 _MESSAGE_CHARS = 300
 
 
@@ -117,7 +128,10 @@ class Transport:
         backoff_base_s: float = BACKOFF_BASE_S,
     ):
         self.root = server_root(base_url)
+        if not timeout_s > 0:
+            raise UserError(f"--request-timeout {timeout_s:g}: must be a positive number of seconds")
         self.timeout_s = timeout_s
+        self.budget_s = RETRY_BUDGET_FACTOR * timeout_s
         self.max_retries = max(0, max_retries)
         self.backoff_base_s = backoff_base_s
         self._down: EndpointDown | None = None
@@ -133,20 +147,27 @@ class Transport:
             ),
         )
 
-    async def request(self, method: str, path: str, body: dict | None = None) -> Any:
+    async def request(self, method: str, path: str, body: dict | None = None, label: str = "") -> Any:
         """The decoded JSON answer; BackendError / EndpointDown after the retries (see module docstring)."""
         content = None if body is None else msgspec.json.encode(body)
         unreachable = False
         last = ""
+        started = time.monotonic()
+        tries = 0
         for attempt in range(self.max_retries + 1):
             if self._down is not None:
                 raise self._down
+            left = self.budget_s - (time.monotonic() - started)
+            if left <= 0:
+                break
+            deadline = min(self.timeout_s, left)
             retry_after = None
+            tries += 1
             try:
-                async with asyncio.timeout(self.timeout_s):
+                async with asyncio.timeout(deadline):
                     response = await self._client.request(method, path, content=content)
             except (TimeoutError, httpx.ReadTimeout, httpx.WriteTimeout):
-                unreachable, last = False, f"no answer within {self.timeout_s:g}s"
+                unreachable, last = False, f"no complete answer within {deadline:.2g}s"
             except httpx.TransportError as exc:
                 # Refused, reset, closed mid-answer, DNS, connect timeout: the server is not there (now).
                 unreachable, last = True, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -168,13 +189,22 @@ class Transport:
                             f"{method} {path}: HTTP {status} but the body is not JSON ({len(response.content)} bytes: {snippet!r})"
                         ) from None
             if attempt < self.max_retries:
-                await asyncio.sleep(backoff_delay(attempt, self.backoff_base_s, retry_after))
-        tries = self.max_retries + 1
+                left = self.budget_s - (time.monotonic() - started)
+                delay = min(backoff_delay(attempt, self.backoff_base_s, retry_after), max(left, 0.0))
+                if left - delay <= 0:
+                    break
+                print(
+                    f"retrying {label or method + ' ' + path} in {delay:.1f}s (try {attempt + 1} of "
+                    f"{self.max_retries + 1} failed: {last}); {left:.0f}s of its {self.budget_s:g}s budget left",
+                    file=sys.stderr,
+                )
+                await asyncio.sleep(delay)
         if unreachable:
             if self._down is None:
                 self._down = EndpointDown(f"the endpoint {self.root} is unreachable ({tries} tries): {last}")
             raise self._down
-        raise BackendError(f"{method} {path}: failed after {tries} tries: {last}")
+        spent = time.monotonic() - started
+        raise BackendError(f"{method} {path}: failed after {tries} tries: {last} ({spent:.1f}s in all)")
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -377,9 +407,14 @@ class OpenAIBackend:
     async def generate(self, request: GenRequest) -> GenResult:
         body = chat_body(request, self.served_model, self.max_model_len)
         async with self._gate:
-            data = await self._transport.request("POST", "/v1/chat/completions", body)
+            data = await self._transport.request("POST", "/v1/chat/completions", body, label=request.request_id)
         try:
             result = parse_chat_response(data, want_logprobs=request.logprobs)
+            if result.completion_tokens > body["max_tokens"]:
+                raise BackendError(
+                    f"malformed chat completion: usage.completion_tokens {result.completion_tokens} is above the "
+                    f"max_tokens {body['max_tokens']} asked for"
+                )
             check_not_capped(result, body["max_tokens"], self.max_model_len)
         except BackendError as exc:
             raise BackendError(f"{request.request_id}: {exc}") from None

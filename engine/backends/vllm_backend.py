@@ -33,18 +33,39 @@ from engine.spec import VllmEngine
 ENGINE_CORES = ("auto", "process", "inline")
 
 
-def _prepare_environment() -> None:
-    # Keep vLLM's caches and IPC sockets out of ~/.cache and /tmp, and its queues on loopback:
-    # nothing here needs to be reachable from another machine.
-    os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
-    if "VLLM_CACHE_ROOT" not in os.environ:
-        from engine.models import cache_dir
+def _engine_defaults() -> dict[str, str]:
+    """vLLM settings every engine of the harness runs with, where the user has not set them: caches
+    and IPC sockets out of ~/.cache and /tmp, queues on loopback (nothing here needs to be reachable
+    from another machine), logs on stderr (stdout carries our tables and --json output)."""
+    from engine.models import cache_dir
 
-        os.environ["VLLM_CACHE_ROOT"] = str(cache_dir() / "vllm")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    # vLLM logs to stdout by default; stdout carries our tables and --json output.
-    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    defaults = {
+        "VLLM_HOST_IP": "127.0.0.1",
+        "VLLM_CACHE_ROOT": str(cache_dir() / "vllm"),
+        "VLLM_LOGGING_LEVEL": "WARNING",
+        "VLLM_LOGGING_STREAM": "ext://sys.stderr",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    return {name: value for name, value in defaults.items() if name not in os.environ}
+
+
+def engine_scope(values: dict[str, str] | None = None) -> contextlib.ExitStack:
+    """The one environment of every engine the harness starts (a run's, the KL probe's, each
+    determinism configuration's): _engine_defaults, `values`, and a private TMPDIR for vLLM's IPC
+    sockets watched by a reaper.Watchdog (which kills the engine's processes, its workers at any
+    tensor-parallel size included, and removes the folder and their shared memory if the harness
+    dies). Closing the returned stack restores every variable as it was (TMPDIR included) and stops
+    the watchdog, which removes the shared memory the engine's processes left behind."""
+    stack = contextlib.ExitStack()
+    try:
+        scratch = reaper.make_scratch()
+        watchdog = reaper.Watchdog(scratch)
+        stack.callback(watchdog.stop)
+        stack.enter_context(vllm_environment(_engine_defaults() | {"TMPDIR": str(scratch)} | (values or {})))
+    except BaseException:
+        stack.close()
+        raise
+    return stack
 
 
 def forget_vllm_env_cache() -> None:
@@ -290,7 +311,7 @@ class InlineCore:
 
 class VllmBackend:
     def __init__(
-        self, engine, max_model_len: int, watchdog: reaper.Watchdog, checkpoint: Path, replicas: int = 1, max_num_seqs: int = 1
+        self, engine, max_model_len: int, scope: contextlib.ExitStack, checkpoint: Path, replicas: int = 1, max_num_seqs: int = 1
     ):
         self._engine = engine
         # The scheduler caps the running batch at max_num_seqs; as many again wait in its queue, so a
@@ -300,7 +321,7 @@ class VllmBackend:
         # its record says which (informative: the seed, not the replica, decides the sample).
         self._in_flight = [0] * replicas
         self.max_model_len = max_model_len
-        self._watchdog = watchdog
+        self._scope = scope  # engine_scope: environment and watchdog for the engine's lifetime
         self._checkpoint = checkpoint
         self._tokenizer = None  # loaded on the first request that comes as messages
         self._inline: InlineCore | None = None
@@ -311,7 +332,6 @@ class VllmBackend:
     async def start(
         cls, checkpoint: Path, spec: VllmEngine, *, seed: int, concurrency: int, kv_cache_gib: float | None
     ) -> VllmBackend:
-        _prepare_environment()
         try:
             from vllm import AsyncEngineArgs, EngineArgs
         except ImportError as exc:
@@ -351,11 +371,8 @@ class VllmBackend:
                 "chunks ('CPU Generator does not use offset'); long prompts may abort this run",
                 file=sys.stderr,
             )
-        # vLLM leaves IPC socket files in TMPDIR: give it a private folder for the engine's lifetime, and
-        # a watchdog that kills the engine's processes and removes that folder if we die (engine/reaper.py).
-        scratch = reaper.make_scratch()
-        watchdog = reaper.Watchdog(scratch)
-        os.environ["TMPDIR"] = str(scratch)
+        # The engine's environment, restored at close(), and its watchdog (engine/reaper.py).
+        scope = engine_scope()
         inline = None
         try:
             with cpu_thread_binding_env(spec.tensor_parallel * spec.data_parallel):
@@ -376,9 +393,9 @@ class VllmBackend:
         except BaseException:
             if inline is not None:
                 await asyncio.to_thread(inline.close)
-            watchdog.stop()
+            scope.close()
             raise
-        backend = cls(engine, spec.max_model_len, watchdog, checkpoint, replicas=spec.data_parallel, max_num_seqs=max_num_seqs)
+        backend = cls(engine, spec.max_model_len, scope, checkpoint, replicas=spec.data_parallel, max_num_seqs=max_num_seqs)
         backend._inline = inline
         return backend
 
@@ -452,4 +469,4 @@ class VllmBackend:
                 type(self._engine).__del__ = lambda _self: None
                 self._engine = None
         finally:
-            self._watchdog.stop()
+            self._scope.close()

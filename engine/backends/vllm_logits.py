@@ -19,7 +19,6 @@ is an error, not a silent gap.
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 
@@ -115,9 +114,9 @@ def take_results(worker) -> bytes:
 class ProbeEngine:
     """A `vllm.LLM` with the hook installed; sequences in, per-row arrays out."""
 
-    def __init__(self, llm, saved_env: dict[str, str | None]):
+    def __init__(self, llm, scope):
         self.llm = llm
-        self._saved_env = saved_env
+        self._scope = scope  # vllm_backend.engine_scope: environment and watchdog until close()
 
     def run(self, sequences: list[list[int]], score_from: list[int], jobs: list, batch: int = 64) -> list[list]:
         """Per sequence, its [(first_row, arrays)] chunks (see probes.reduce.concat)."""
@@ -150,11 +149,7 @@ class ProbeEngine:
         del llm, engine, core
         gc.collect()
         # A run's own AsyncLLM may start next in this process (tier 0): leave vLLM's settings as found.
-        for name, value in self._saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        self._scope.close()
 
 
 def open_probe_engine(
@@ -162,30 +157,28 @@ def open_probe_engine(
 ) -> ProbeEngine:
     """The probe's engine; `engine_args` (a run's --engine-arg, already checked) as for generation, so a
     candidate defined by them (quantization=fp8, ...) is the one scored."""
-    from engine.backends.vllm_backend import _prepare_environment
+    from engine.backends.vllm_backend import cpu_thread_binding_env, engine_kwargs, engine_scope
     from engine.errors import UserError
 
-    _prepare_environment()
-    # The probe's stdout is its report (and --json): vLLM's log lines go to stderr.
-    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-    saved_env = {name: os.environ.get(name) for name in ("VLLM_USE_V2_MODEL_RUNNER", "VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_ALLOW_INSECURE_SERIALIZATION")}
-    # The hook wraps the V1 model runner's prompt-logits step.
-    os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
-    if tensor_parallel == 1:
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process: the hook is a plain call
-    else:
-        # Worker processes receive the hook functions pickled (they are module-level, importable).
-        os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
     try:
         from vllm import LLM
     except ImportError as exc:
         raise UserError(f"--backend vllm: vLLM is not importable ({exc}); use --backend hf") from exc
-    from engine.backends.vllm_backend import cpu_thread_binding_env, engine_kwargs
-
-    with cpu_thread_binding_env(tensor_parallel):
-        kwargs = engine_kwargs(checkpoint, dtype=dtype, seed=seed, max_model_len=max_model_len, tensor_parallel=tensor_parallel)
-        llm = LLM(**(kwargs | dict(engine_args or {})))
-    ok = llm.collective_rpc(install_hook)
-    if not all(ok):
-        raise RuntimeError("probe hook not installed on every worker")
-    return ProbeEngine(llm, saved_env)
+    # The hook wraps the V1 model runner's prompt-logits step. One rank: the engine core in this
+    # process, the hook a plain call; several: worker processes receive the hook functions pickled
+    # (they are module-level, importable). The same scoped environment and watchdog as a run's engine.
+    values = {"VLLM_USE_V2_MODEL_RUNNER": "0"} | (
+        {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"} if tensor_parallel == 1 else {"VLLM_ALLOW_INSECURE_SERIALIZATION": "1"}
+    )
+    scope = engine_scope(values)
+    try:
+        with cpu_thread_binding_env(tensor_parallel):
+            kwargs = engine_kwargs(checkpoint, dtype=dtype, seed=seed, max_model_len=max_model_len, tensor_parallel=tensor_parallel)
+            llm = LLM(**(kwargs | dict(engine_args or {})))
+        ok = llm.collective_rpc(install_hook)
+        if not all(ok):
+            raise RuntimeError("probe hook not installed on every worker")
+    except BaseException:
+        scope.close()
+        raise
+    return ProbeEngine(llm, scope)

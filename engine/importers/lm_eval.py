@@ -46,6 +46,8 @@ from engine.records import (
     encode_spec,
     read_spec,
     records_path,
+    refuse_edited_finished_run,
+    write_manifest,
 )
 from engine.spec import BenchSpec, ImportedEngine, RunSpec, SamplingConfig
 
@@ -471,6 +473,7 @@ def import_run(path: Path, out: Path, metric: str | None = None) -> Imported:
     out = Path(out)
     lock = RunLock(out)
     try:
+        refuse_edited_finished_run(out)  # a re-import never overwrites the evidence of an edit
         spec_path = out / SPEC_FILE
         if spec_path.is_file():
             if read_spec(out) != imported.spec:
@@ -484,6 +487,8 @@ def import_run(path: Path, out: Path, metric: str | None = None) -> Imported:
                     writer.append(rec)  # skips (item, sample) already there: re-importing is a no-op
             finally:
                 writer.close()
+        # An import holds every document lm-eval logged: a finished run, with its manifest like any other.
+        write_manifest(out, list(imported.records))
     finally:
         lock.release()
     return imported
