@@ -126,9 +126,11 @@ def test_majority_tie_is_the_mean_of_the_tied_answers():
     assert majority_value(_records(["9", "5", "5", "9"], gold="5")) == 0.5
 
 
-def test_no_answer_does_not_vote():
-    assert majority_value(_records([None, "5", None, "6"], gold="5")) == 0.5  # 5 vs 6, one vote each
-    assert majority_value(_records([None, "5", "5", None], gold="5")) == 1.0
+def test_no_answer_votes_for_no_answer():
+    # Blanks do not abstain (one answer and three blanks is not maj@4 = 1): they vote "no answer", scored 0.
+    assert majority_value(_records([None, "5", None, "6"], gold="5")) == 0.0  # no answer 2 votes, 5 and 6 one each
+    assert majority_value(_records([None, "5", "5", None], gold="5")) == 0.5  # no answer vs 5, two votes each
+    assert majority_value(_records([None, "5", "5", "5"], gold="5")) == 1.0
     assert majority_value(_records([None, None, None, "6"], gold="5")) == 0.0
     assert majority_value(_records([None, None, None, None], gold="5")) == 0.0
 
