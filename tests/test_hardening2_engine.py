@@ -109,14 +109,14 @@ def test_run_and_probe_engines_restore_the_environment_and_are_watched(tiny_mode
 
 
 @pytest.mark.slow
-def test_killing_a_tp2_probe_leaves_no_worker_and_no_shared_memory(tiny_model):
-    """The KL probe's own engine at TP=2, harness SIGKILLed while it is open: the watchdog reaps the
+def test_killing_a_tp3_probe_leaves_no_worker_and_no_shared_memory(tiny_model):
+    """The KL probe's own engine at TP=3 (the tiny model has 9 heads), harness SIGKILLed while it is open: the watchdog reaps the
     ranks and unlinks their shared memory."""
     script = textwrap.dedent(f"""
         import time
         from pathlib import Path
         from engine.backends.vllm_logits import open_probe_engine
-        engine = open_probe_engine(Path({str(tiny_model)!r}), dtype="float32", max_model_len=64, tensor_parallel=2)
+        engine = open_probe_engine(Path({str(tiny_model)!r}), dtype="float32", max_model_len=64, tensor_parallel=3)
         print("open", flush=True)
         time.sleep(600)
     """)
@@ -124,11 +124,11 @@ def test_killing_a_tp2_probe_leaves_no_worker_and_no_shared_memory(tiny_model):
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,
                             start_new_session=True)  # fmt: skip
     try:
-        assert proc.stdout.readline().strip() == "open", "the TP=2 probe engine did not start"
+        assert proc.stdout.readline().strip() == "open", "the TP=3 probe engine did not start"
         table = reaper._all_processes()
         children = {pid for pid in reaper._descendants({proc.pid}, table) if not reaper._is_watchdog(pid)}
         shm = set().union(*(reaper._shm_files(pid) for pid in children | {proc.pid}))
-        assert len(children) >= 3, "an engine core and two worker ranks"
+        assert len(children) >= 4, "an engine core and three worker ranks"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         deadline = time.monotonic() + 30
