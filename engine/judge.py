@@ -268,15 +268,24 @@ class JudgeTarget(msgspec.Struct, kw_only=True):
     fingerprint: str  # what the contract and the cache keys hold
 
 
-async def resolve_judge(arg: str, dtype: str = "bfloat16", api_key_env: str | None = None) -> JudgeTarget:
-    """`--judge MODEL|URL`: an in-process vLLM model (path or a known name) or an OpenAI-compatible server."""
+async def resolve_judge(
+    arg: str, dtype: str = "bfloat16", api_key_env: str | None = None, *, model: str | None = None
+) -> JudgeTarget:
+    """`--judge MODEL|URL`: an in-process vLLM model (path or a known name) or an OpenAI-compatible server;
+    `model` (--judge-model) picks the served model where the endpoint lists several."""
     from engine import models
     from engine.spec import normalize_dtype
 
+    if model is not None and not arg.startswith(("http://", "https://")):
+        raise UserError(f"--judge-model {model}: applies to an endpoint judge (--judge http://...) only")
     if arg.startswith(("http://", "https://")):
         from engine.backends.openai_backend import describe_server
 
-        info = await describe_server(arg, api_key_env, None)
+        try:
+            info = await describe_server(arg, api_key_env, model)
+        except UserError as exc:  # its flags are named for the candidate's endpoint: say the judge's
+            message = str(exc).replace("--served-model", "--judge-model").replace("--base-url", "--judge")
+            raise UserError(message.replace("--api-key-env", "--judge-api-key-env")) from None
         engine = OpenAIEngine(
             base_url=arg,
             served_model=info.served_model,

@@ -650,6 +650,10 @@ class AgentShell:
             ("LANG", "C.UTF-8"),
             ("PYTHONPATH", SITE_MOUNT),
             ("PYTHONDONTWRITEBYTECODE", "1"),
+            # The same command prints the same bytes in every episode: Python's per-process hash seed
+            # otherwise reorders every printed set (and dicts built from one); the time zone is fixed.
+            ("PYTHONHASHSEED", "0"),
+            ("TZ", "UTC"),
             ("MPLCONFIGDIR", "/tmp"),
             # One thread per library: the process limit counts threads, and results stay reproducible.
             ("OMP_NUM_THREADS", "1"),
