@@ -11,13 +11,13 @@ import os
 from pathlib import Path
 
 import pytest
+from test_godmode import Policy, _printed, _references, _run
 
 from benches import Item, godmode
 from benches.godmode import generator, toolcalls
 from engine import sandbox
 from engine.backends import load_tokenizer, render_chat
 from engine.solvers import bench_messages, bench_tools
-from test_godmode import Policy, _printed, _references, _run
 
 pytestmark = pytest.mark.skipif(
     sandbox.shutil.which("bwrap") is None and not os.environ.get("CI"), reason="bubblewrap not installed"
