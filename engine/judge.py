@@ -609,6 +609,23 @@ async def _ask(
     return None, None, "", 1 + REASKS
 
 
+async def grade(
+    backend: Backend, item: Item, answer: str, *, gate: asyncio.Semaphore | None = None, counts: JudgeCounts | None = None
+) -> tuple[str | None, int | None, str]:
+    """(verdict, score, rationale) of one answer to one scenario, exactly as the judge phase asks it
+    (repeat 0: the verdict's seed and rubric order); verdict None when unscored after the re-asks."""
+    kind, threshold = verdict_format(item.meta)
+    prompt = judge_messages(
+        item.meta["messages"], item.meta["rubric"], answer, kind, item.meta.get("trait_name", ""),
+        item.meta.get("trait_description", ""),
+    )  # fmt: skip
+    key = judgment_key("grade", PROMPT_VERSION, scenario_hash(item), answer, 0, kind)
+    verdict, score, rationale, _ = await _ask(
+        backend, gate or asyncio.Semaphore(1), prompt, kind, key, JUDGE_SEED, counts or JudgeCounts()
+    )
+    return decide(kind, threshold, verdict, score), score, rationale
+
+
 async def _write_when_done(
     task: asyncio.Future, base: Judgment, kind: str, first: bool, writer: JudgmentWriter, counts: JudgeCounts
 ) -> None:
