@@ -37,7 +37,7 @@ from benches import Item, Scored, check_unique_ids, data
 from engine.errors import UserError
 
 NAME = "trader_traits"
-VERSION = "1"
+VERSION = "2"  # 2: 42 scenarios (7 per trait), tightened rubrics, gates as exact pass counts
 MAX_TOKENS = {False: 512, True: 4096}
 SAMPLES = 3  # three seeds per scenario, as the users' exam does
 THINK = False
