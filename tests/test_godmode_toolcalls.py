@@ -142,6 +142,9 @@ def test_a_call_inside_unfinished_reasoning_never_runs(tokenizer):
         assert read.kind == "format_error" and "reasoning" in read.why
     read = godmode.read_reply(cut, "qwen3_coder", think=True, truncated=True)  # the template opened <think>
     assert read.kind == "format_error"
+    # Thinking off, yet the model opened a reasoning block and never closed it: nothing in it runs.
+    assert godmode.read_reply("<think>\n" + cut, "qwen3_coder").kind == "format_error"
+    assert godmode.read_reply("<think>\n" + cut + "</think>\nANSWER: 3", "qwen3_coder").answer == "3"
     # After </think> the same call runs; one written inside a closed reasoning block does not.
     done = godmode.read_reply(cut + "\n</think>\n\n" + template_reply(tok, "", ["ls"]), "qwen3_coder", think=True)
     assert done.commands == ["ls"]

@@ -202,7 +202,10 @@ def read_reply(text: str, tool_format: str | None, *, think: bool = False, trunc
         if visible is None:
             return Reply(kind="format_error", why="the reply ended inside its reasoning; nothing in it runs")
     else:
-        visible = text
+        # Thinking off, but the model opened a reasoning block anyway: what follows an unclosed <think>
+        # is reasoning too, and a closed block is not part of the reply.
+        head, opened, tail = text.rpartition("<think>")
+        visible = head if opened and "</think>" not in tail else text.rpartition("</think>")[2]
     if tool_format and tool_format != toolcalls.FENCED:
         parser = toolcalls.HERMES if tool_format == toolcalls.SERVED else tool_format
         reading = toolcalls.read_calls(visible, parser, TOOLS)
