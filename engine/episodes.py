@@ -182,10 +182,13 @@ def health(records: list[ItemRecord], *, tool_format: str | None = None) -> Exam
     worst = max((formats, "format"), (rejected, "rejected"), (errors, "errors"))[1]
     if worst == "format":
         cause = f"{formats} of {n} episodes ended on format errors (replies with no readable tool call or answer)"
-        remedy = (
-            f"the model's tool calls were read with the {tool_format or 'run'}'s format: check what its chat template "
-            f"instructs and rerun with --tool-parser NAME ({PARSER_HINT}), or check the replies in the records"
-        )
+        if tool_format == "served":
+            remedy = f"the server's --tool-call-parser may not match what the model writes: restart it with --tool-call-parser NAME ({PARSER_HINT})"
+        else:
+            remedy = (
+                f"the model's tool calls were read as {tool_format or 'the run chose'}: check what its chat template "
+                f"instructs and rerun with --tool-parser NAME ({PARSER_HINT}), or read the replies in the records"
+            )
     elif worst == "rejected":
         cause = f"{rejected} of {n} episodes failed because the server rejected requests with tools (HTTP 400)"
         remedy = f"restart the server with --enable-auto-tool-choice --tool-call-parser NAME ({PARSER_HINT}) and rerun"

@@ -32,6 +32,8 @@ def test_a_baseline_whose_episodes_all_end_on_format_errors_is_invalid_with_the_
     assert verdict.invalid and verdict.format_errors == 90
     assert verdict.cause.startswith("90 of 90 episodes ended on format errors")
     assert "--tool-parser" in verdict.remedy and "qwen3_coder" in verdict.remedy and "hermes" in verdict.remedy
+    served = health(records, tool_format="served")
+    assert "restart it with --tool-call-parser" in served.remedy
 
 
 def test_mostly_is_more_than_half_and_a_healthy_run_is_valid():
