@@ -18,7 +18,7 @@ TEMPLATE = Path(__file__).parent / "fixtures" / "chat_templates" / "qwen3.jinja"
 
 pytestmark = [
     pytest.mark.heavy,
-    pytest.mark.slow,  # two server starts and 6 short episodes on 2 shared cores: `make test-slow`
+    pytest.mark.slow,  # two server starts and 6 short episodes: 167 s on 2 shared cores; `make test-slow`
     pytest.mark.skipif(sandbox.shutil.which("bwrap") is None and not os.environ.get("CI"), reason="bubblewrap not installed"),
 ]
 
