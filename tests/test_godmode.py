@@ -290,12 +290,15 @@ def test_tiny_model_end_to_end_twice_gives_identical_trajectories(tiny_model, tm
             capture_output=True, text=True, timeout=1200, cwd=ROOT, env={**os.environ, "VLLM_HOST_IP": "127.0.0.1"},
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
-        records = sorted(read_run(out).records["godmode"], key=lambda r: r.item_id)
-        assert read_run(out).spec.benches[0].scoring_versions["tool_format"] == "fenced"  # ChatML: no tools
-        assert len(records) == 2 and all(r.stop_reason in godmode.STOP_REASONS for r in records)
+        records = sorted(read_run(out).records["godmode"], key=lambda r: (r.item_id, r.sample))
+        spec = read_run(out).spec
+        assert spec.benches[0].scoring_versions["tool_format"] == "fenced"  # ChatML: no tools
+        assert spec.engine.max_model_len == 8192  # the model's own window, not one sized from the first prompt
+        assert len(records) == 2 * godmode.SAMPLES and len({r.item_id for r in records}) == 2
+        assert all(r.stop_reason in godmode.STOP_REASONS for r in records)
         assert all(r.turns and r.turns[0].role == "assistant" for r in records)
         assert all(sum(t.role == "assistant" for t in r.turns) <= 4 for r in records)
-        trajectories.append([(r.item_id, r.stop_reason, r.completion, [msgspec_turn(t) for t in r.turns]) for r in records])
+        trajectories.append([(r.item_id, r.sample, r.stop_reason, r.completion, [msgspec_turn(t) for t in r.turns]) for r in records])
     assert trajectories[0] == trajectories[1]
 
 
