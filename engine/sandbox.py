@@ -562,6 +562,9 @@ def _link_or_copy(source: str, target: str) -> None:
     os.chmod(target, os.stat(target).st_mode | stat.S_IROTH | (stat.S_IXOTH if os.stat(target).st_mode & stat.S_IXUSR else 0))
 
 
+STAGED_MTIME = 946_684_800  # 2000-01-01 00:00:00 UTC: the mtime of every file the agent sees under /data
+
+
 def _stage_data(data_dir: Path) -> str:
     """A world-readable copy of `data_dir` (the sandbox uid may not reach the original, e.g. under
     /root/.cache), made once per process and content; removed at exit."""
@@ -580,6 +583,10 @@ def _stage_data(data_dir: Path) -> str:
             os.chmod(target.parent, 0o755)
             shutil.copyfile(path, target)
             os.chmod(target, 0o444)
+        # One fixed timestamp on every staged file and folder: `ls -l /data` then prints the same bytes in
+        # every run (a copy's own mtime is the minute it was staged).
+        for path in [*Path(root).rglob("*"), Path(root)]:
+            os.utime(path, (STAGED_MTIME, STAGED_MTIME), follow_symlinks=False)
         if not _staged:
             import atexit
 

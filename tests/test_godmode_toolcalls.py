@@ -8,6 +8,7 @@ Qwen3-Coder. Read with vLLM's parser the template names, the same policy scores 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -179,13 +180,17 @@ def test_identical_commands_print_identical_output(scenarios):
     commands = [
         "python3 -c \"print(set(['alpha', 'beta', 'gamma', 'delta', 'eps']))\"",
         "python3 -c \"import pandas as pd; print(set(pd.read_parquet('/data/prices.parquet').ticker))\"",
-        "date -d @0 && echo $TZ && ls -l /data | wc -l",
+        "date -d @0 && echo $TZ",
+        "ls -l --time-style=full-iso /data",  # (-a would show "..": the sandbox root, made at each command)
     ]
     outputs = []
     for _ in range(2):
+        sandbox._staged.clear()  # as in another process: the data is staged again
+        time.sleep(1.1)
         with sandbox.AgentShell(folder) as shell:
             outputs.append([shell.run(c).output for c in commands])
     assert outputs[0] == outputs[1]
+    assert "2000-01-01" in outputs[0][-1]
 
 
 @pytest.mark.skipif(not os.environ.get("CI"), reason="only CI must have bubblewrap")
