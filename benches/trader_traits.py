@@ -2,7 +2,7 @@
 
 Where the scenarios come from:
     --data-dir DIR    DIR/trader_traits/scenarios.jsonl and DIR/trader_traits/traits.jsonl
-    (no --data-dir)   the shipped set: benches/trader_traits_scenarios.jsonl (18 scenarios) and
+    (no --data-dir)   the shipped set: benches/trader_traits_scenarios.jsonl (42 scenarios, 7 per trait) and
                       benches/trader_traits_traits.jsonl (6 traits)
 
 scenarios.jsonl, one scenario per line:
@@ -37,7 +37,7 @@ from benches import Item, Scored, check_unique_ids, data
 from engine.errors import UserError
 
 NAME = "trader_traits"
-VERSION = "1"
+VERSION = "2"  # 2: 42 scenarios (7 per trait), tightened rubrics, gates as exact pass counts
 MAX_TOKENS = {False: 512, True: 4096}
 SAMPLES = 3  # three seeds per scenario, as the users' exam does
 THINK = False
@@ -83,22 +83,35 @@ def load_traits(path: Path) -> dict[str, dict]:
                 f"{where}: unknown field {unknown[0]!r} (fields: {', '.join(sorted(TRAIT_FIELDS))})"
             )
         trait_id = _text(row, "id", where)
-        gate = row.get("gate")
-        if isinstance(gate, bool) or not isinstance(gate, int | float) or not 0 <= gate <= 1:
-            raise UserError(f"{where}: field 'gate' must be a pass rate between 0 and 1 (got {gate!r})")
+        gate = _gate(row.get("gate"), where)
         if trait_id in traits:
             raise UserError(f"{where}: field 'id': trait {trait_id!r} appears twice")
         kind, threshold = _verdict_format(row, where)
         traits[trait_id] = {
             "name": _text(row, "name", where),
             "description": _text(row, "description", where),
-            "gate": float(gate),
+            "gate": gate,
             "verdict": kind,
             "threshold": threshold,
         }
     if not traits:
         raise UserError(f"{path}: no traits")
     return traits
+
+
+def _gate(gate, where: str) -> float | str:
+    """A gate as written: a pass count "K/N" (exact: "8/9" passes at 8 of 9) or a rate in [0, 1]."""
+    if isinstance(gate, str):
+        parts = gate.split("/")
+        if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+            k, n = (int(p) for p in parts)
+            if 0 < n and 0 <= k <= n:
+                return f"{k}/{n}"
+    elif not isinstance(gate, bool) and isinstance(gate, int | float) and 0 <= gate <= 1:
+        return float(gate)
+    raise UserError(
+        f"{where}: field 'gate' must be a pass count \"K/N\" (e.g. \"8/9\") or a pass rate between 0 and 1 (got {gate!r})"
+    )
 
 
 def _verdict_format(row: dict, where: str) -> tuple[str, int | None]:

@@ -89,6 +89,8 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--served-model", default=None, help="--backend openai: model id on the server (default: the one it serves)")
     p.add_argument("--request-timeout", type=float, default=600.0, metavar="S",
                    help="--backend openai: deadline of one attempt (connect + whole answer); all retries stop at twice it (default 600)")
+    p.add_argument("--tool-parser", default=None, metavar="NAME", help="agent benches (godmode), in-process: the vLLM tool "
+                   "parser that reads the model's calls (hermes, qwen3_coder, ...) or 'fenced' (default: from the chat template)")
     p.add_argument("--dtype", default="bfloat16", help="weights/activations dtype (bfloat16 = bf16, float16, float32)")
     p.add_argument("--tp", type=int, default=1, help="tensor parallel size (vllm)")
     p.add_argument("--dp", type=int, default=1,
@@ -133,6 +135,8 @@ def _judge_options(p: argparse.ArgumentParser) -> None:
                    "(other judge seeds, rubric shuffled); report self-agreement and Cohen's kappa per trait")
     p.add_argument("--judge-dtype", default="bfloat16", help="dtype of an in-process judge (default bfloat16)")
     p.add_argument("--judge-api-key-env", default=None, help="endpoint judge: environment variable holding its API key")
+    p.add_argument("--judge-model", default=None, metavar="NAME", help="endpoint judge: the model id to use where the "
+                   "endpoint serves several")
 
 
 def cmd_run(argv: list[str]) -> int:
@@ -183,6 +187,7 @@ def cmd_run(argv: list[str]) -> int:
         data_dir=args.data_dir,
         limit=args.limit,
         item_seed=args.item_seed,
+        tool_parser=args.tool_parser,
     )
     judge_target = _judge_target(args)
     plan.spec = judge.bind(plan.spec, judge_target.fingerprint if judge_target else None)
@@ -280,7 +285,9 @@ def _judge_target(args):
         raise UserError("--judge-repeats must be 0 or more")
     if args.judge is None:
         return None
-    return runner.run_event_loop(judge.resolve_judge(args.judge, args.judge_dtype, args.judge_api_key_env))
+    return runner.run_event_loop(
+        judge.resolve_judge(args.judge, args.judge_dtype, args.judge_api_key_env, model=args.judge_model)
+    )
 
 
 def _judge_phase(target, run_dir: Path, args) -> None:

@@ -9,6 +9,11 @@ shown like the truncation canary:
   stop reasons   per reason, the items that end that way in one run only; exact McNemar one-sided on
                  those flips for the reasons that mean trouble (turn_limit, format_errors,
                  context_limit, timeout, error).
+
+And whether an exam ran at all (`health`): a run whose episodes mostly end on format errors (calls the
+harness could not read), on requests the server rejected for their tools, or on request errors scores
+≈ 0 in baseline and candidate alike, and "no change" between two such runs says nothing. `health`
+makes that bench INVALID with its cause and remedy.
 """
 
 from __future__ import annotations
@@ -136,3 +141,59 @@ def format_canaries(c: EpisodeCanaries) -> list[str]:
     tail = f" (most shifted: {worst.reason}, {worst.to} items to / {worst.away} away, p {fmt_p(worst.p_more)})" if worst else ""
     lines.append(f"  stop reasons: {stops}{tail}")
     return lines
+
+
+# --- did the exam run? ------------------------------------------------------------------------------
+
+INVALID_SHARE = 0.5  # more than this share of a run's episodes failed to run: the bench is INVALID
+PARSER_HINT = "hermes for Qwen3's JSON calls, qwen3_coder for Qwen3.5's and Qwen3-Coder's XML"
+
+
+class ExamHealth(msgspec.Struct, frozen=True, kw_only=True):
+    invalid: bool  # more than INVALID_SHARE of the episodes did not run: the bench's result is no result
+    cause: str  # one line: how many episodes ended how ("" when healthy)
+    remedy: str  # one line: what to change before running again ("" when healthy)
+    episodes: int  # records looked at (every item x sample)
+    format_errors: int  # episodes stopped on FORMAT_ERROR_LIMIT unreadable replies in a row
+    tools_rejected: int  # requests the server refused because of their `tools` (HTTP 400)
+    request_errors: int  # other requests that failed for good (records with an error)
+
+
+def _rejects_tools(error: str) -> bool:
+    low = error.lower()
+    return "http 400" in low and "tool" in low
+
+
+def health(records: list[ItemRecord], *, tool_format: str | None = None) -> ExamHealth | None:
+    """Whether one run's episodes of one bench ran: INVALID when more than INVALID_SHARE of them
+    ended on format errors, tool-call rejections or request errors. None for a one-shot bench
+    (no episode traces and no failed requests): nothing to say. `tool_format` (the bench's contract
+    field scoring_versions["tool_format"]) sharpens the remedy."""
+    if not records or not any(r.turns is not None or r.error is not None for r in records):
+        return None
+    n = len(records)
+    formats = sum(r.error is None and r.stop_reason == "format_errors" for r in records)
+    rejected = sum(r.error is not None and _rejects_tools(r.error) for r in records)
+    errors = sum(r.error is not None for r in records) - rejected
+    failed = formats + rejected + errors
+    if failed * 1.0 <= INVALID_SHARE * n:
+        return ExamHealth(invalid=False, cause="", remedy="", episodes=n, format_errors=formats,
+                          tools_rejected=rejected, request_errors=errors)  # fmt: skip
+    worst = max((formats, "format"), (rejected, "rejected"), (errors, "errors"))[1]
+    if worst == "format":
+        cause = f"{formats} of {n} episodes ended on format errors (replies with no readable tool call or answer)"
+        if tool_format == "served":
+            remedy = f"the server's --tool-call-parser may not match what the model writes: restart it with --tool-call-parser NAME ({PARSER_HINT})"
+        else:
+            remedy = (
+                f"the model's tool calls were read as {tool_format or 'the run chose'}: check what its chat template "
+                f"instructs and rerun with --tool-parser NAME ({PARSER_HINT}), or read the replies in the records"
+            )
+    elif worst == "rejected":
+        cause = f"{rejected} of {n} episodes failed because the server rejected requests with tools (HTTP 400)"
+        remedy = f"restart the server with --enable-auto-tool-choice --tool-call-parser NAME ({PARSER_HINT}) and rerun"
+    else:
+        cause = f"{errors} of {n} episodes failed on request errors (see the records' error field)"
+        remedy = "fix the engine or endpoint and rerun the same command: failed requests are retried"
+    return ExamHealth(invalid=True, cause=cause, remedy=remedy, episodes=n, format_errors=formats,
+                      tools_rejected=rejected, request_errors=errors)  # fmt: skip

@@ -61,6 +61,7 @@ class BenchPlan(msgspec.Struct, kw_only=True):
     max_tokens: int
     samples: int
     tools: list[dict] | None = None  # native tool calls (solvers.bench_tools): sent with every request
+    tool_format: str | None = None  # how the bench reads them (solvers.bench_tools)
 
 
 class RunPlan(msgspec.Struct, kw_only=True):
@@ -114,6 +115,7 @@ def plan_run(
     data_dir: Path | None,
     limit: int | None = None,
     item_seed: int | None = None,
+    tool_parser: str | None = None,
 ) -> RunPlan:
     """Items, prompts and the spec of a run. An engine spec with max_model_len 0 gets one sized to fit
     the longest prompt plus its cap."""
@@ -145,14 +147,17 @@ def plan_run(
             items = items[:limit]
         cap = max_tokens or module.MAX_TOKENS[think]
         bench_samples = getattr(module, "SAMPLES", samples)
-        tools, tool_format = bench_tools(module, tokenizer)
+        tools, tool_format = bench_tools(
+            module, tokenizer, served=isinstance(engine, OpenAIEngine), parser=tool_parser
+        )
         prompts = (
             {it.id: render_chat(tokenizer, bench_messages(module, it, think, tools), think, tools) for it in items}
             if tokenizer
             else {}
         )
         plans[module.NAME] = BenchPlan(
-            module=module, items=items, prompts=prompts, max_tokens=cap, samples=bench_samples, tools=tools
+            module=module, items=items, prompts=prompts, max_tokens=cap, samples=bench_samples, tools=tools,
+            tool_format=tool_format,
         )
         specs.append(
             BenchSpec(
@@ -177,6 +182,8 @@ def plan_run(
         # Multi-turn benches grow their prompts turn by turn: they name the context they need.
         longest = max([longest] + [getattr(plan.module, "MIN_CONTEXT", 0) for plan in plans.values()])
         limit_len = getattr(AutoConfig.from_pretrained(checkpoint), "max_position_embeddings", None) or longest
+        if any(getattr(plan.module, "CONTEXT", None) == "model" for plan in plans.values()):
+            longest = max(longest, limit_len)  # agent episodes get the model's own window
         engine = msgspec.structs.replace(engine, max_model_len=min(limit_len, -(-longest // 256) * 256))
     if isinstance(engine, OpenAIEngine):
         fingerprint = "served:" + hashlib.sha256(f"{engine.served_model}|{engine.served_root}".encode()).hexdigest()[:16]
@@ -428,6 +435,7 @@ async def _run_benches(
                 seed=seed,
                 planned_prompt_ids=bench.prompts.get(item.id),
                 tools=bench.tools,
+                tool_format=bench.tool_format,
             )
             t0 = time.monotonic()
             try:
@@ -575,7 +583,7 @@ async def calibrate(plan: RunPlan, backend: Backend, concurrency: int, n: int = 
             session = Session(
                 backend, request_id=f"calibrate-{item.id}", sampling=spec.sampling, think=spec.think,
                 max_tokens=bench.max_tokens, seed=sample_seed(spec.seed, name, item.id, 0),
-                planned_prompt_ids=bench.prompts.get(item.id), tools=bench.tools,
+                planned_prompt_ids=bench.prompts.get(item.id), tools=bench.tools, tool_format=bench.tool_format,
             )  # fmt: skip
             episode = await solver_of(bench.module)(item, session)
             return episode.completion_tokens

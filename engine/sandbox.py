@@ -614,6 +614,9 @@ def _link_or_copy(source: str, target: str) -> None:
     os.chmod(target, os.stat(target).st_mode | stat.S_IROTH | (stat.S_IXOTH if os.stat(target).st_mode & stat.S_IXUSR else 0))
 
 
+STAGED_MTIME = 946_684_800  # 2000-01-01 00:00:00 UTC: the mtime of every file the agent sees under /data
+
+
 def _stage_data(data_dir: Path, uid: int | None) -> str:
     """The episode's own copy of `data_dir` in the agent area (the sandbox uid may not reach the
     original, e.g. under /root/.cache): readable by its owner only, owned by the episode's uid (as
@@ -633,6 +636,10 @@ def _stage_data(data_dir: Path, uid: int | None) -> str:
             os.chmod(target, 0o400)
             if uid is not None:
                 os.chown(target, uid, uid)
+    # One fixed timestamp on every staged file and folder: `ls -l /data` then prints the same bytes in
+    # every run (a copy's own mtime is the minute it was staged).
+    for path in [*Path(root).rglob("*"), Path(root)]:
+        os.utime(path, (STAGED_MTIME, STAGED_MTIME), follow_symlinks=False)
     for folder in reversed(folders):  # read-only from the leaves up (a 0500 folder takes no new entries)
         if uid is not None:
             os.chown(folder, uid, uid)
@@ -714,6 +721,10 @@ class AgentShell:
             ("LANG", "C.UTF-8"),
             ("PYTHONPATH", SITE_MOUNT),
             ("PYTHONDONTWRITEBYTECODE", "1"),
+            # The same command prints the same bytes in every episode: Python's per-process hash seed
+            # otherwise reorders every printed set (and dicts built from one); the time zone is fixed.
+            ("PYTHONHASHSEED", "0"),
+            ("TZ", "UTC"),
             ("MPLCONFIGDIR", "/tmp"),
             # One thread per library: the process limit counts threads, and results stay reproducible.
             ("OMP_NUM_THREADS", "1"),

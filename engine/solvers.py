@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from engine.backends import Backend, GenRequest, GenResult, messages_hash, prompt_hash, template_renders_tools
+from engine.backends import Backend, GenRequest, GenResult, messages_hash, prompt_hash
 from engine.records import Episode
 from engine.spec import SamplingConfig
 
@@ -43,6 +43,7 @@ class Session:
         planned_prompt_ids: list[int] | None = None,
         sandbox: Any = None,
         tools: list[dict[str, Any]] | None = None,
+        tool_format: str | None = None,
     ):
         self.backend = backend
         self.request_id = request_id
@@ -54,6 +55,7 @@ class Session:
         self.planned_prompt_ids = planned_prompt_ids
         self.sandbox = sandbox  # for tool-using benches
         self.tools = tools  # native tool calls: sent with every request (see bench_tools)
+        self.tool_format = tool_format  # how the bench reads the calls: a vLLM parser name, "fenced" or "served"
         self.turn = 0
         self.first_prompt_hash: str | None = None
 
@@ -84,20 +86,32 @@ class Session:
         return await self.backend.generate(request)
 
 
-def bench_tools(module: ModuleType, tokenizer) -> tuple[list[dict[str, Any]] | None, str | None]:
+def bench_tools(
+    module: ModuleType, tokenizer, *, served: bool = False, parser: str | None = None
+) -> tuple[list[dict[str, Any]] | None, str | None]:
     """(tools to send with every request, tool format) of a bench that declares TOOLS; (None, None) else.
 
-    "native" where the model's chat template renders `tools=` (Qwen's does) or an endpoint's server
-    renders them (no tokenizer here: its template is the server's); "fenced" where the template would
-    drop them: the bench then describes its tool in the prompt and the model replies with a fenced block.
-    The format is part of the bench's contract (BenchSpec.scoring_versions["tool_format"]).
+    The tool format is the vLLM tool parser that reads the model's calls, picked from what the model's
+    chat template instructs (benches/godmode/toolcalls.py: "hermes" for Qwen3's JSON, "qwen3_coder" for
+    Qwen3.5's and Qwen3-Coder's XML); "served" against an endpoint (`served`: its server parses the calls
+    with its own --tool-call-parser and the tools go out as `tools=`); "fenced" where the template
+    instructs no format we can read: the bench then describes its tool in the prompt and the model replies
+    with a fenced block. `parser` (the CLI's --tool-parser: a vLLM parser name or "fenced") overrides the
+    choice in-process. The format is part of the bench's contract (BenchSpec.scoring_versions["tool_format"]).
     """
+    from benches.godmode import toolcalls
+
     tools = getattr(module, "TOOLS", None)
     if not tools:
         return None, None
-    if tokenizer is None or template_renders_tools(tokenizer):
-        return list(tools), "native"
-    return None, "fenced"
+    if served:
+        return list(tools), toolcalls.SERVED
+    name = toolcalls.check_parser(parser) if parser else None
+    if name is None and tokenizer is not None:
+        name = toolcalls.parser_for_template(toolcalls.template_text(tokenizer))
+    if name is None or name == toolcalls.FENCED:
+        return None, toolcalls.FENCED
+    return list(tools), name
 
 
 def bench_messages(module: ModuleType, item: Any, think: bool, tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:

@@ -1,18 +1,23 @@
 """The trait table of a judged bench: pass rates per trait against their gates, and against a baseline.
 
 Per scenario, its value is the mean verdict (PASS = 1, FAIL = 0; for a trait graded on the 1-5 score,
-PASS when the score reaches the trait's threshold) over its scored samples (3 seeds);
-unscored judgments (no parsable verdict) are left out, never counted as fails, and a scenario with no
-scored sample in either run is left out of the pairing (counted in `unscored`). A trait's rate is the
-mean of its scenarios' values; its gate (minimum rate, from the trait table, carried in the records)
-is PASS when the candidate's rate reaches it. Against a baseline: per trait and overall a paired
-sign-flip test on the per-scenario differences (one-sided for degradation), Holm across traits.
+PASS when the score reaches the trait's threshold) over its scored samples (3 seeds); a scenario with no
+scored sample in either run is left out of the pairing. A trait's rate is the mean of its scenarios'
+values, kept as an exact fraction; its gate (a minimum rate: a pass count "8/9" or a fraction, from the
+trait table, carried in the records) is PASS when the candidate's exact rate reaches it, FAIL when it
+does not, and INCOMPLETE when any of the trait's answers has no verdict (unparsable after the re-asks,
+or not judged yet): an unscored answer is never left out of a gate quietly, since leaving a FAIL out
+can lift a trait over its gate. Against a baseline: per trait and overall a paired sign-flip test on
+the per-scenario differences (one-sided for degradation), Holm across traits.
 
-The overall gate verdict fails when any trait misses its gate: the command line then exits with
-EXIT_GATE_FAILED, before (and apart from) the degradation verdict.
+The overall gate verdict fails when any trait misses its gate (the command line then exits with
+EXIT_GATE_FAILED, before and apart from the degradation verdict); with no trait failed but one
+INCOMPLETE it exits with EXIT_INCOMPLETE.
 """
 
 from __future__ import annotations
+
+from fractions import Fraction
 
 import msgspec
 
@@ -23,12 +28,21 @@ from engine.records import ItemRecord, Run, answered
 from engine.spec import BenchSpec
 
 EXIT_GATE_FAILED = ExitCode.GATE_FAILED
+EXIT_INCOMPLETE = ExitCode.INCOMPLETE
+
+
+def exact_gate(gate: float | str | None) -> Fraction | None:
+    """A gate as an exact fraction: "8/9" stays 8/9, 0.9 is 9/10 (its decimal text, not the binary float)."""
+    if gate is None:
+        return None
+    return Fraction(gate) if isinstance(gate, str) else Fraction(str(gate))
 
 
 class TraitRow(msgspec.Struct, kw_only=True):
     trait: str
     name: str
     gate: float | None  # None for the overall row
+    gate_text: str = ""  # the gate as the trait table gives it ("8/9", "0.9")
     grading: str = ""  # the verdict format: "pass/fail" or "score>=N" (N of 1-5); "" for the overall row
     scenarios: int  # scenarios in the rate (paired ones against a baseline)
     cand_rate: float
@@ -36,7 +50,10 @@ class TraitRow(msgspec.Struct, kw_only=True):
     delta: float | None = None
     p_degraded: float | None = None
     p_degraded_holm: float | None = None  # Holm across traits (the overall row keeps its own p)
-    gate_pass: bool | None = None
+    gate_pass: bool | None = None  # None: no gate, or INCOMPLETE
+    status: str = ""  # the gate: "PASS" | "FAIL" | "INCOMPLETE" (an answer of the trait has no verdict) | ""
+    unscored: int = 0  # the candidate's answers of this trait without a verdict
+    passes: str = ""  # the candidate's exact rate as a fraction ("8/9")
     verdict: str = ""  # "DEGRADED" | "no change detected" | "" (no baseline)
 
 
@@ -46,7 +63,7 @@ class TraitsReport(msgspec.Struct, kw_only=True):
     prompt_version: str
     rows: list[TraitRow]
     overall: TraitRow
-    gates_passed: bool
+    gates_passed: bool  # every gated trait PASS (an INCOMPLETE trait is not passed)
     unscored_cand: int  # answers without a verdict (unparsable after re-asks, or not judged yet)
     unscored_base: int | None
     agreement: list[Agreement]  # the candidate judge's self-agreement (noise floor), if repeats were run
@@ -55,33 +72,34 @@ class TraitsReport(msgspec.Struct, kw_only=True):
 
 def _values(
     run: Run, bench: BenchSpec
-) -> tuple[dict[str, float], dict[str, str], dict[str, tuple[str, float, str]], int]:
-    """(scenario -> mean verdict, scenario -> trait, trait -> (name, gate, grading), unscored answers)."""
+) -> tuple[dict[str, Fraction], dict[str, str], dict[str, tuple[str, float | str, str]], dict[str, int]]:
+    """(scenario -> mean verdict, exact; scenario -> trait; trait -> (name, gate, grading); trait ->
+    answers without a verdict)."""
     records = run.records.get(bench.name, [])
     found = verdicts(run.dir, run.spec, bench, records)
-    by_scenario: dict[str, list[float]] = {}
+    by_scenario: dict[str, list[int]] = {}
     traits: dict[str, str] = {}
-    table: dict[str, tuple[str, float, str]] = {}
-    unscored = 0
+    table: dict[str, tuple[str, float | str, str]] = {}
+    unscored: dict[str, int] = {}
     for rec in answered(records):
         traits[rec.item_id] = rec.category or ""
         _trait_entry(rec, table)
         verdict = found.get((rec.item_id, rec.sample))
         if verdict is None:
-            unscored += 1
+            unscored[rec.category or ""] = unscored.get(rec.category or "", 0) + 1
             continue
-        by_scenario.setdefault(rec.item_id, []).append(1.0 if verdict == "PASS" else 0.0)
-    return {k: stats.mean(v) for k, v in by_scenario.items()}, traits, table, unscored
+        by_scenario.setdefault(rec.item_id, []).append(1 if verdict == "PASS" else 0)
+    return {k: Fraction(sum(v), len(v)) for k, v in by_scenario.items()}, traits, table, unscored
 
 
-def _trait_entry(rec: ItemRecord, table: dict[str, tuple[str, float, str]]) -> None:
+def _trait_entry(rec: ItemRecord, table: dict[str, tuple[str, float | str, str]]) -> None:
     if "gate" in rec.extra and rec.category is not None:
         threshold = rec.extra.get("threshold")
         grading = (
             "pass/fail" if rec.extra.get("verdict", "pass_fail") == "pass_fail" else f"score>={threshold}"
         )
         table.setdefault(
-            rec.category, (str(rec.extra.get("trait_name", rec.category)), float(rec.extra["gate"]), grading)
+            rec.category, (str(rec.extra.get("trait_name", rec.category)), rec.extra["gate"], grading)
         )
 
 
@@ -92,7 +110,7 @@ def traits_report(cand: Run, base: Run | None = None, alpha: float = 0.05) -> li
     for bench in judged_benches(cand.spec):
         judge = bench.scoring_versions.get("judge_model", "")
         c_val, traits, table, c_unscored = _values(cand, bench)
-        b_val: dict[str, float] | None = None
+        b_val: dict[str, Fraction] | None = None
         b_unscored = None
         if base is not None:
             b_bench = next(b for b in base.spec.benches if b.name == bench.name)
@@ -103,7 +121,7 @@ def traits_report(cand: Run, base: Run | None = None, alpha: float = 0.05) -> li
         rows = []
         for trait in sorted({traits[i] for i in traits}):
             name, gate, grading = table.get(trait, (trait, None, ""))
-            row = _row(trait, name, gate, [i for i in ids if traits[i] == trait], c_val, b_val)
+            row = _row(trait, name, gate, [i for i in ids if traits[i] == trait], c_val, b_val, c_unscored.get(trait, 0))
             row.grading = grading
             rows.append(row)
         for row, p in zip(
@@ -118,9 +136,9 @@ def traits_report(cand: Run, base: Run | None = None, alpha: float = 0.05) -> li
         if overall.p_degraded is not None:
             overall.verdict = "DEGRADED" if overall.p_degraded < alpha else "no change detected"
         method = (
-            "per scenario: mean verdict over its scored samples (unscored left out; a score trait's answer "
-            "passes when its 1-5 score ≥ the trait's threshold); trait rate: mean over scenarios; gate PASS "
-            "when the candidate's rate ≥ the trait's gate"
+            "per scenario: mean verdict over its scored samples (a score trait's answer passes when its 1-5 "
+            "score ≥ the trait's threshold); trait rate: mean over scenarios, exact; gate PASS when the "
+            "candidate's rate ≥ the trait's gate, INCOMPLETE when any of its answers has no verdict"
         )
         if b_val is not None:
             method += f"; paired sign-flip test on per-scenario differences (one-sided), Holm across {len(rows)} traits at α={alpha}"
@@ -131,9 +149,9 @@ def traits_report(cand: Run, base: Run | None = None, alpha: float = 0.05) -> li
                 prompt_version=bench.scoring_versions.get("judge_prompt", ""),
                 rows=rows,
                 overall=overall,
-                gates_passed=all(r.gate_pass is not False for r in rows),
-                unscored_cand=c_unscored,
-                unscored_base=b_unscored,
+                gates_passed=all(r.status in ("PASS", "") for r in rows),
+                unscored_cand=sum(c_unscored.values()),
+                unscored_base=None if b_unscored is None else sum(b_unscored.values()),
                 agreement=agreement(cand.dir, cand.spec, bench, cand.records.get(bench.name, [])),
                 method=method,
             )
@@ -144,28 +162,39 @@ def traits_report(cand: Run, base: Run | None = None, alpha: float = 0.05) -> li
 def _row(
     trait: str,
     name: str,
-    gate: float | None,
+    gate: float | str | None,
     ids: list[str],
-    cand: dict[str, float],
-    base: dict[str, float] | None,
+    cand: dict[str, Fraction],
+    base: dict[str, Fraction] | None,
+    unscored: int = 0,
 ) -> TraitRow:
     c = [cand[i] for i in ids]
-    cand_rate = stats.mean(c)
+    exact = sum(c, Fraction(0)) / len(c) if c else Fraction(0)
+    required = exact_gate(gate)
     row = TraitRow(
         trait=trait,
         name=name,
-        gate=gate,
+        gate=None if required is None else float(required),
+        gate_text="" if gate is None else str(gate),
         scenarios=len(ids),
-        cand_rate=cand_rate,
-        # A gate is passed on evidence: a trait without one scored scenario does not pass it.
-        gate_pass=None if gate is None else bool(ids) and cand_rate >= gate - 1e-12,
+        cand_rate=float(exact),
+        unscored=unscored,
+        passes=f"{exact.numerator}/{exact.denominator}" if c else "",
     )
+    if required is not None:
+        # A gate is passed on evidence: a trait without one scored scenario, or with an answer the judge
+        # never scored, is not passed.
+        if unscored or not ids:
+            row.status = "INCOMPLETE"
+        else:
+            row.gate_pass = exact >= required
+            row.status = "PASS" if row.gate_pass else "FAIL"
     if base is not None:
         b = [base[i] for i in ids]
-        row.base_rate = stats.mean(b)
-        row.delta = cand_rate - row.base_rate
+        row.base_rate = float(sum(b, Fraction(0)) / len(b)) if b else 0.0
+        row.delta = row.cand_rate - row.base_rate
         row.p_degraded = (
-            stats.sign_flip_test([x - y for x, y in zip(c, b, strict=True)]).p_degraded if ids else 1.0
+            stats.sign_flip_test([float(x - y) for x, y in zip(c, b, strict=True)]).p_degraded if ids else 1.0
         )
     return row
 
@@ -204,8 +233,8 @@ def row_cells(row: TraitRow, with_base: bool) -> dict[str, str]:
         }
     else:
         cells["rate"] = _pct(row.cand_rate)
-    gate = "" if row.gate_pass is None else ("PASS" if row.gate_pass else "FAIL")
-    cells |= {"gate": _pct(row.gate), "verdict": gate + ("  DEGRADED" if row.verdict == "DEGRADED" else "")}
+    gate = row.gate_text if row.gate_text and "/" in row.gate_text else _pct(row.gate)
+    cells |= {"gate": gate, "verdict": row.status + ("  DEGRADED" if row.verdict == "DEGRADED" else "")}
     return cells
 
 
@@ -221,12 +250,18 @@ def unscored_line(report: TraitsReport) -> str:
     unscored = f"unscored answers: candidate {report.unscored_cand}"
     if report.unscored_base is not None:
         unscored += f", baseline {report.unscored_base}"
-    return unscored + " (left out, never counted as fails)"
+    return unscored + " (a trait with one is INCOMPLETE: its gate is neither passed nor failed)"
 
 
 def gates_line(report: TraitsReport) -> str:
-    failed = [r.trait for r in report.rows if r.gate_pass is False]
-    return f"GATES {'PASSED' if report.gates_passed else 'FAILED: ' + ', '.join(failed)}"
+    if report.gates_passed:
+        return "GATES PASSED"
+    failed = [r.trait for r in report.rows if r.status == "FAIL"]
+    incomplete = [r.trait for r in report.rows if r.status == "INCOMPLETE"]
+    parts = (["FAILED: " + ", ".join(failed)] if failed else []) + (
+        ["INCOMPLETE (unscored answers): " + ", ".join(incomplete)] if incomplete else []
+    )
+    return "GATES " + "; ".join(parts)
 
 
 def agreement_cells(a: Agreement) -> dict[str, str]:
@@ -276,4 +311,8 @@ def format_report(report: TraitsReport) -> str:
 
 
 def gates_exit(reports: list[TraitsReport]) -> int:
-    return EXIT_GATE_FAILED if any(not r.gates_passed for r in reports) else 0
+    """EXIT_GATE_FAILED when a trait failed its gate; else EXIT_INCOMPLETE when one is INCOMPLETE; else 0."""
+    rows = [row for report in reports for row in report.rows]
+    if any(row.status == "FAIL" for row in rows):
+        return EXIT_GATE_FAILED
+    return EXIT_INCOMPLETE if any(row.status == "INCOMPLETE" for row in rows) else 0

@@ -177,7 +177,7 @@ class _RecordingSession(Session):
 
 async def run_episodes(
     backend, module: ModuleType, items: list, *, config: str, repeat: int, max_tokens: int, max_turns: int, seed: int,
-    tools: list | None = None,
+    tools: list | None = None, tool_format: str | None = None,
 ) -> list[Trajectory]:  # fmt: skip
     """Every item as one greedy episode through the bench's solver, all in flight at once (a bs1
     engine queues them); the trajectories in item order."""
@@ -187,6 +187,7 @@ async def run_episodes(
         session = _RecordingSession(
             backend, request_id=f"{config}-{item.id}-r{repeat}", sampling=PRESETS["greedy"], think=False,
             max_tokens=max_tokens, seed=sample_seed(seed, module.NAME, item.id, 0), max_turns=max_turns, tools=tools,
+            tool_format=tool_format,
         )  # fmt: skip
         started = time.monotonic()
         episode = await module.solve(item, session)
@@ -201,7 +202,7 @@ async def run_episodes(
 async def run_config(
     checkpoint: Path, engine: EngineSpec, env: dict[str, str], module: ModuleType, items: list, *,
     name: str, repeats: int, max_tokens: int, max_turns: int, seed: int, kv_cache_gib: float | None,
-    tools: list | None,
+    tools: list | None, tool_format: str | None = None,
 ) -> tuple[list[Trajectory], float]:  # fmt: skip
     """Every repeat in one fresh engine: (trajectories, seconds spent in episodes)."""
     async with fresh_engine(checkpoint, engine, env, seed=seed, concurrency=len(items), kv_cache_gib=kv_cache_gib) as backend:
@@ -211,7 +212,7 @@ async def run_config(
             t0 = time.monotonic()
             trajectories += await run_episodes(
                 backend, module, items, config=name, repeat=repeat, max_tokens=max_tokens, max_turns=max_turns,
-                seed=seed, tools=tools,
+                seed=seed, tools=tools, tool_format=tool_format,
             )  # fmt: skip
             seconds += time.monotonic() - t0
             print(f"  repeat {repeat + 1}/{repeats}: {time.monotonic() - t0:.1f}s", file=sys.stderr)
@@ -244,7 +245,7 @@ async def run_experiment(
         try:
             trajectories, seconds = await run_config(
                 checkpoint, engine, env, module, items, name=name, repeats=repeats, max_tokens=max_tokens,
-                max_turns=max_turns, seed=seed, kv_cache_gib=kv_cache_gib, tools=tools,
+                max_turns=max_turns, seed=seed, kv_cache_gib=kv_cache_gib, tools=tools, tool_format=tool_format,
             )  # fmt: skip
         except Exception as exc:
             if name == REFERENCE or isinstance(exc, UserError):

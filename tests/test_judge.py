@@ -23,7 +23,7 @@ from tests.conftest import ROOT, run_cli
 
 MODEL_NAME = "secret-model-x"  # must never reach a judge prompt
 MODEL_FP = "fingerprint-abc123"
-ANSWER = re.compile(r"<reply>\n(.*)\n</reply>", re.S)
+ANSWER = re.compile(r"<(reply-[0-9a-f]{12})>\n(.*)\n<\/\1>", re.S)
 
 
 class Candidate:
@@ -78,7 +78,7 @@ class Judge:
     async def generate(self, request):
         self.requests.append(request)
         await asyncio.sleep(0)
-        answer = ANSWER.search(request.messages[1]["content"]).group(1)
+        answer = ANSWER.search(request.messages[1]["content"]).group(2)
         reply = self.mangle(request, reply_for(request.messages, answer.startswith("GOOD")))
         return GenResult(
             text=reply, token_ids=[], finish_reason="stop", prompt_tokens=50, completion_tokens=10
@@ -144,7 +144,7 @@ def test_unparsable_replies_are_asked_again_then_left_unscored_never_failed(tmp_
     first_item = run.records["trader_traits"][0].item_id
 
     def mangle(request, reply):
-        answer = ANSWER.search(request.messages[1]["content"]).group(1)
+        answer = ANSWER.search(request.messages[1]["content"]).group(2)
         if first_item in answer:
             return "I think it is fine. Verdict: pass"  # never strict: unscored
         if "#1" in answer and len(request.messages) == 2:
@@ -167,8 +167,12 @@ def test_unparsable_replies_are_asked_again_then_left_unscored_never_failed(tmp_
         and asked_again[1].messages[-2]["role"] == "assistant"
     )
     (report,) = traits_report.traits_report(read_run(run.dir))
-    assert report.unscored_cand == 3 and report.overall.cand_rate == 1.0  # unscored are left out, not fails
+    assert report.unscored_cand == 3 and report.overall.cand_rate == 1.0  # unscored are not counted as fails...
     assert report.overall.scenarios == 5
+    rows = {r.trait: r for r in report.rows}  # ... but a trait with one is INCOMPLETE, never a pass
+    assert rows["T1"].status == "INCOMPLETE" and rows["T1"].unscored == 3 and rows["T1"].gate_pass is None
+    assert not report.gates_passed and traits_report.gates_exit([report]) == traits_report.EXIT_INCOMPLETE
+    assert "INCOMPLETE (unscored answers): T1" in traits_report.gates_line(report)
     # Unscored is a result too: judging again does not re-ask.
     assert judge_it(run.dir, Judge(mangle)).calls == 0
 
@@ -275,17 +279,15 @@ def test_gate_failure_and_degradation_per_trait_with_exit_status(tmp_path):
     (report,) = traits_report.traits_report(read_run(cand.dir), read_run(base.dir), alpha=0.05)
     rows = {r.trait: r for r in report.rows}
     assert rows["T3"].cand_rate == 0.0 and rows["T3"].base_rate == 1.0 and rows["T3"].gate_pass is False
-    assert rows["T1"].cand_rate == pytest.approx(2 / 3) and rows["T1"].gate_pass is False  # gate 0.9
+    # 18 of 21 answers: 6/7 exactly, under the gate of 19/21 (a float gate would blur that line).
+    assert rows["T1"].passes == "6/7" and rows["T1"].gate_pass is False and rows["T1"].status == "FAIL"
     assert all(rows[t].gate_pass for t in ("T2", "T4", "T5", "T6"))
     assert not report.gates_passed and traits_report.gates_exit([report]) == traits_report.EXIT_GATE_FAILED
-    # 3 scenarios per trait: the smallest one-sided sign-flip p is 1/8, so no trait alone is significant;
-    # overall, 4 of 18 scenarios all lost: p = 1/16.
-    assert rows["T3"].p_degraded == pytest.approx(1 / 8) and rows["T3"].p_degraded_holm == pytest.approx(
-        6 / 8
-    )
-    assert report.overall.p_degraded == pytest.approx(1 / 16) and report.overall.delta == pytest.approx(
-        -4 / 18
-    )
+    # 7 scenarios per trait: a trait lost on all of them has one-sided sign-flip p = 1/128, 6/128 < 0.05
+    # after Holm over 6 traits, so a lost trait is flagged on its own; overall 8 of 42 lost: p = 1/256.
+    assert rows["T3"].p_degraded == pytest.approx(1 / 128) and rows["T3"].p_degraded_holm == pytest.approx(6 / 128)
+    assert rows["T3"].verdict == "DEGRADED"
+    assert report.overall.p_degraded == pytest.approx(1 / 256) and report.overall.delta == pytest.approx(-8 / 42)
     text = traits_report.format_report(report)
     assert "GATES FAILED: T1, T3" in text and "T3" in text
 
@@ -336,10 +338,11 @@ def test_noise_floor_recovers_a_known_flip_share(tmp_path):
         return reply
 
     counts = judge_it(run.dir, Judge(flip), repeats=6)
-    assert counts.judged == 54 * 7
+    answers = len(run.records["trader_traits"])
+    assert counts.judged == answers + 6 * min(answers, judge.REPEAT_SAMPLE)
     (report,) = traits_report.traits_report(read_run(run.dir))
     overall = report.agreement[-1]
-    assert overall.trait == "all" and overall.pairs == 54 * 6
+    assert overall.trait == "all" and overall.pairs == 6 * min(answers, judge.REPEAT_SAMPLE)
     assert 1 - overall.agreement == pytest.approx(share, abs=0.06)
     # With balanced verdicts, kappa of a judge that flips a share q is about 1 - 2q.
     assert overall.kappa == pytest.approx(1 - 2 * share, abs=0.12)
@@ -444,7 +447,7 @@ def test_score_traits_keep_the_score_and_pass_at_the_threshold(tmp_path):
     given = {"unc-01": "SCORE: 3", "unc-02": "SCORE: 4", "unc-03": "Good.\nSCORE: 4/5"}
 
     def mangle(request, reply):
-        item = ANSWER.search(request.messages[1]["content"]).group(1).split()[3]
+        item = ANSWER.search(request.messages[1]["content"]).group(2).split()[3]
         if item not in given:
             return reply
         if len(request.messages) > 2:  # the re-ask of a score prompt asks for the score line
@@ -454,7 +457,7 @@ def test_score_traits_keep_the_score_and_pass_at_the_threshold(tmp_path):
     scripted = Judge(mangle)
     counts = judge_it(run.dir, scripted)
     for request in scripted.requests:
-        item = ANSWER.search(request.messages[1]["content"]).group(1).split()[3]
+        item = ANSWER.search(request.messages[1]["content"]).group(2).split()[3]
         prompt = request.messages[1]["content"]
         if item.startswith("unc-"):
             assert is_score_prompt(request.messages) and judge.ASK_SCORE in prompt and "VERDICT" not in prompt
@@ -485,7 +488,7 @@ def test_noise_floor_on_score_traits_reports_pass_fail_and_exact_score_agreement
 
     def wobble(request, reply):
         # Repeats move every score-5 of unc-02 to 4: the same PASS at threshold 4, another score.
-        item = ANSWER.search(request.messages[1]["content"]).group(1).split()[3]
+        item = ANSWER.search(request.messages[1]["content"]).group(2).split()[3]
         if request.seed != judge.JUDGE_SEED and item == "unc-02":
             return reply.replace("SCORE: 5", "SCORE: 4")
         return reply
@@ -572,9 +575,9 @@ def test_html_report_shows_the_trait_table_gates_and_noise_floor_as_the_terminal
     table_lines = text.splitlines()[2 : 2 + len(terminal.rows) + 1]
     assert [" ".join(r).split() for r in rows[1:]] == [line.split() for line in table_lines]
     by_trait = {r[0]: r for r in rows[1:]}
-    assert by_trait["T3"][4:] == ["100%", "0%", "-100.0", "0.750", "95%", "FAIL"]
+    assert by_trait["T3"][4:] == ["100%", "0%", "-100.0", "0.047", "20/21", "FAIL  DEGRADED"]
     assert by_trait["T2"][2] == "score>=4" and by_trait["T2"][-1] == "PASS"
-    assert by_trait["all"][-1] == ""  # the overall row has no gate of its own
+    assert by_trait["all"][-1].strip() == "DEGRADED"  # the overall row has no gate of its own
     assert "GATES FAILED: T1, T3" in page and "class=bad>GATES FAILED" in page
     assert "unscored answers: candidate 0, baseline 0" in page
     floor = _html_rows(page, "agreement")
@@ -612,7 +615,7 @@ def test_endpoint_judge_over_http_parses_caches_and_stays_blind(tmp_path):
             body = await req.json()
             self.bodies.append(body)
             messages = body["messages"]
-            answer = ANSWER.search(messages[1]["content"]).group(1)
+            answer = ANSWER.search(messages[1]["content"]).group(2)
             text = reply_for(messages, answer.startswith("GOOD"))
             if "risk-02" in answer and len(messages) == 2:
                 text = "It respects the limit, I think."

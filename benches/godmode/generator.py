@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"  # 2: no value drawn twice within a question family (90 distinct questions)
 DEFAULT_SEED = 20260101
 DATA_MOUNT = "/data"  # where the scenario's files are, inside the sandbox and in reference programs
 
@@ -50,6 +50,21 @@ def _tickers(rng: np.random.Generator, n: int) -> list[str]:
         if name not in seen:
             seen.append(name)
     return sorted(seen)
+
+
+class _Draws:
+    """Random picks without replacement within a question family: two questions of one family never
+    name the same ticker, day or account, so every generated question is distinct by construction."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+        self.used: set[tuple[str, object]] = set()
+
+    def __call__(self, seq, family: str):
+        left = [v for v in seq if (family, v) not in self.used]
+        value = left[int(self.rng.integers(len(left)))]
+        self.used.add((family, value))
+        return value
 
 
 def _q(qid, question, program, kind, tolerance, convention, unit="", ordered=False) -> dict:
@@ -119,9 +134,9 @@ def _daily(rng: np.random.Generator, out: Path) -> list[dict]:
         "    p.loc[m, 'adj'] = p.loc[m, 'close'] / r['ratio']\n"
     )
     qs: list[dict] = []
-    pick = lambda seq: seq[int(rng.integers(len(seq)))]  # noqa: E731
+    pick = _Draws(rng)
     for k in range(3):
-        t, d = pick(tickers), pick(prices["date"].unique())
+        t, d = pick(tickers, "daily-close"), pick(prices["date"].unique(), "daily-close")
         d = pd.Timestamp(d).date().isoformat()
         qs.append(_q(f"daily-close-{k}", f"What was the raw close of {t} on {d}?",
                      f"p = pd.read_parquet('/data/prices.parquet')\nprint(round(float(p[(p.ticker == '{t}') & (p.date == '{d}')].close.iloc[0]), 2))",
@@ -138,27 +153,27 @@ def _daily(rng: np.random.Generator, out: Path) -> list[dict]:
                      adj + f"x = p[p.ticker == '{t}'].sort_values('date')\nbefore = x[x.date.dt.year < {y}]\nstart = before.adj.iloc[-1] if len(before) else x[x.date.dt.year == {y}].adj.iloc[0]\nend = x[x.date.dt.year == {y}].adj.iloc[-1]\nprint(round(end / start - 1, 4))",
                      "number", 0.0001, "A ratio (0.1234 means 12.34%), split-adjusted closes, rounded to 4 decimals.", unit="ratio"))  # fmt: skip
     for k in range(3):
-        t, y = pick(tickers), 2021 + k
+        t, y = pick(tickers, "daily-tradingdays"), 2021 + k
         qs.append(_q(f"daily-tradingdays-{k}", f"How many trading days does {t} have in {y}?",
                      f"p = pd.read_parquet('/data/prices.parquet')\nprint(int(((p.ticker == '{t}') & (p.date.dt.year == {y}) & (p.volume > 0)).sum()))",
                      "number", 0, "A count of rows with volume > 0 (halts and missing days excluded); an integer."))  # fmt: skip
     for k in range(3):
-        t, m = pick(tickers), f"2022-{int(rng.integers(1, 13)):02d}"
+        t, m = pick(tickers, "daily-avgvol"), f"2022-{int(rng.integers(1, 13)):02d}"
         qs.append(_q(f"daily-avgvol-{k}", f"What was the average daily volume of {t} in {m}?",
                      f"p = pd.read_parquet('/data/prices.parquet')\nx = p[(p.ticker == '{t}') & (p.date.dt.strftime('%Y-%m') == '{m}') & (p.volume > 0)]\nprint(int(round(x.volume.mean())))",
                      "number", 0.5, "Mean over the ticker's trading days of that month (halts excluded), raw share counts, rounded to an integer."))  # fmt: skip
     for k in range(3):
-        t, y = pick(plain), 2021 + k
+        t, y = pick(plain, "daily-vol"), 2021 + k
         qs.append(_q(f"daily-vol-{k}", f"What was the annualized volatility of {t}'s daily log returns in {y}?",
                      f"p = pd.read_parquet('/data/prices.parquet')\nx = p[(p.ticker == '{t}') & (p.date.dt.year == {y}) & (p.volume > 0)].sort_values('date')\nr = np.log(x.close).diff().dropna()\nprint(round(100 * r.std(ddof=1) * np.sqrt(252), 2))",
                      "number", 0.01, "Percent; log returns between consecutive trading days of that year (rows with volume > 0), sample standard deviation (ddof=1) times sqrt(252), rounded to 2 decimals.", unit="percent"))  # fmt: skip
     for k in range(3):
-        t = split_list[k + 3] if k < 2 else pick(plain)
+        t = split_list[k + 3] if k < 2 else pick(plain, "daily-mdd")
         qs.append(_q(f"daily-mdd-{k}", f"What was the maximum drawdown of {t}'s split-adjusted close over the whole data?",
                      adj + f"x = p[p.ticker == '{t}'].sort_values('date').adj\nprint(round(100 * float((1 - x / x.cummax()).max()), 2))",
                      "number", 0.01, "Percent, as a positive number (25.5 means a 25.5% fall from the running peak), split-adjusted closes, rounded to 2 decimals.", unit="percent"))  # fmt: skip
     for k in range(3):
-        t = pick(tickers)
+        t = pick(tickers, "daily-missing")
         qs.append(_q(f"daily-missing-{k}", f"On how many exchange trading days does {t} have no row at all?",
                      f"p = pd.read_parquet('/data/prices.parquet')\nprint(int(p.date.nunique() - p[p.ticker == '{t}'].date.nunique()))",
                      "number", 0, "Exchange trading days are the dates on which any ticker has a row; an integer."))  # fmt: skip
@@ -173,7 +188,7 @@ def _daily(rng: np.random.Generator, out: Path) -> list[dict]:
     qs.append(_q("daily-halts-0", "Which tickers had at least 3 halted days (volume 0)?",
                  "p = pd.read_parquet('/data/prices.parquet')\nn = p[p.volume == 0].groupby('ticker').size()\nprint(', '.join(sorted(n[n >= 3].index)) or 'none')",
                  "list", 0, "Ticker symbols separated by commas, in any order ('none' if there are none)."))  # fmt: skip
-    t = pick(tickers)
+    t = pick(tickers, "daily-span")
     qs.append(_q("daily-span-0", f"How many calendar days lie between {t}'s first and last trading day in the data?",
                  f"p = pd.read_parquet('/data/prices.parquet')\nx = p[(p.ticker == '{t}') & (p.volume > 0)].date\nprint((x.max() - x.min()).days)",
                  "number", 0, "Calendar days (last date minus first date), an integer."))  # fmt: skip
@@ -221,52 +236,52 @@ def _tick(rng: np.random.Generator, out: Path) -> list[dict]:
         f"- {DATA_MOUNT}/quotes.parquet: ts, ticker, bid, ask, bid_size, ask_size (top of book). A quote "
         "holds until the ticker's next quote.\n"
     )
-    pick = lambda seq: seq[int(rng.integers(len(seq)))]  # noqa: E731
+    pick = _Draws(rng)
     load_t = "t = pd.read_parquet('/data/trades.parquet')\n"
     load_q = "q = pd.read_parquet('/data/quotes.parquet')\n"
     qs: list[dict] = []
     for k in range(3):
-        t = pick(tickers)
+        t = pick(tickers, "tick-vwap")
         qs.append(_q(f"tick-vwap-{k}", f"What was the volume-weighted average trade price of {t} over the day?",
                      load_t + f"x = t[t.ticker == '{t}']\nprint(round(float((x.price * x['size']).sum() / x['size'].sum()), 4))",
                      "number", 0.0001, "All trades including odd lots, dollars, rounded to 4 decimals."))  # fmt: skip
     for k in range(3):
-        t = pick(tickers)
+        t = pick(tickers, "tick-oddlot")
         qs.append(_q(f"tick-oddlot-{k}", f"What share of {t}'s trades were odd lots?",
                      load_t + f"x = t[t.ticker == '{t}']\nprint(round(100 * float((x['size'] < 100).mean()), 2))",
                      "number", 0.01, "Percent of the number of trades (not volume), rounded to 2 decimals.", unit="percent"))  # fmt: skip
     for k in range(3):
-        t = pick(tickers)
+        t = pick(tickers, "tick-spread")
         qs.append(_q(f"tick-spread-{k}", f"What was the average quoted spread of {t}, relative to the midpoint?",
                      load_q + f"x = q[q.ticker == '{t}']\nmid = (x.bid + x.ask) / 2\nprint(round(float(((x.ask - x.bid) / mid).mean() * 10000), 2))",
                      "number", 0.01, "Basis points (1 bp = 0.01%), a simple mean over quote updates (not time-weighted), rounded to 2 decimals."))  # fmt: skip
     for k in range(3):
-        t = pick(tickers)
+        t = pick(tickers, "tick-atask")
         qs.append(_q(f"tick-atask-{k}", f"What fraction of {t}'s trades printed at or above the prevailing ask?",
                      load_t + load_q + f"x = t[t.ticker == '{t}'].sort_values('ts')\ny = q[q.ticker == '{t}'].sort_values('ts')\nm = pd.merge_asof(x, y, on='ts', allow_exact_matches=False)\nprint(round(float((m.price >= m.ask).mean()), 4))",
                      "number", 0.0001, "A ratio (0.25 means 25%); the prevailing quote is the ticker's last quote strictly before the trade's timestamp; rounded to 4 decimals.", unit="ratio"))  # fmt: skip
     for k in range(3):
-        t, hh = pick(tickers), int(rng.integers(10, 16))
+        t, hh = pick(tickers, "tick-lastbefore"), int(rng.integers(10, 16))
         qs.append(_q(f"tick-lastbefore-{k}", f"What was the last trade price of {t} before {hh}:00?",
                      load_t + f"x = t[(t.ticker == '{t}') & (t.ts < pd.Timestamp('2024-03-14 {hh}:00:00'))].sort_values('ts', kind='stable')\nprint(round(float(x.price.iloc[-1]), 2))",
                      "number", 0.005, "Dollars, strictly before the full hour; rounded to 2 decimals."))  # fmt: skip
     for k in range(3):
-        t = pick(tickers)
+        t = pick(tickers, "tick-volume")
         qs.append(_q(f"tick-volume-{k}", f"How many shares of {t} traded in the first 30 minutes of the session?",
                      load_t + f"x = t[(t.ticker == '{t}') & (t.ts < pd.Timestamp('2024-03-14 10:00:00'))]\nprint(int(x['size'].sum()))",
                      "number", 0, "Trades from 09:30:00 up to but not including 10:00:00; an integer."))  # fmt: skip
     for k in range(3):
-        t = pick(tickers)
+        t = pick(tickers, "tick-range")
         qs.append(_q(f"tick-range-{k}", f"What was {t}'s intraday trade price range relative to its lowest trade price?",
                      load_t + f"x = t[t.ticker == '{t}'].price\nprint(round(100 * float(x.max() / x.min() - 1), 2))",
                      "number", 0.01, "Percent: (highest - lowest) / lowest, rounded to 2 decimals.", unit="percent"))  # fmt: skip
     for k in range(3):
-        t = pick(tickers)
+        t = pick(tickers, "tick-emptybars")
         qs.append(_q(f"tick-emptybars-{k}", f"How many 1-minute bars of the session had no trade in {t}?",
                      load_t + f"x = t[t.ticker == '{t}']\nbars = ((x.ts - pd.Timestamp('2024-03-14 09:30:00')) // pd.Timedelta(minutes=1)).nunique()\nprint(390 - int(bars))",
                      "number", 0, "The session has 390 bars of 1 minute, starting at 09:30:00; an integer."))  # fmt: skip
     for k in range(3):
-        t = pick(tickers)
+        t = pick(tickers, "tick-ret")
         qs.append(_q(f"tick-ret-{k}", f"What was {t}'s return from the first to the last midpoint quote of the day?",
                      load_q + f"x = q[q.ticker == '{t}'].sort_values('ts', kind='stable')\nmid = (x.bid + x.ask) / 2\nprint(round(float(mid.iloc[-1] / mid.iloc[0] - 1), 5))",
                      "number", 0.00001, "A ratio (0.01 means 1%), rounded to 5 decimals.", unit="ratio"))  # fmt: skip
@@ -341,12 +356,12 @@ def _portfolio(rng: np.random.Generator, out: Path) -> list[dict]:
         "    q['mv'] = q.quantity * q.close\n"
         "    return q if account is None else q[q.account == account]\n"
     )
-    pick = lambda seq: seq[int(rng.integers(len(seq)))]  # noqa: E731
+    pick = _Draws(rng)
     day_s = [d.date().isoformat() for d in days]
     last = day_s[-1]
     qs: list[dict] = []
     for k in range(3):
-        a, d = pick(accounts), pick(day_s)
+        a, d = pick(accounts, "pf-mv"), pick(day_s, "pf-mv")
         qs.append(_q(f"pf-mv-{k}", f"What was the market value of account {a} at the close of {d}?",
                      held + f"print(round(float(value_on('{d}', '{a}').mv.sum()), 2))",
                      "number", 0.005, "Dollars, quantities adjusted for splits up to that day, rounded to 2 decimals."))  # fmt: skip
@@ -357,7 +372,7 @@ def _portfolio(rng: np.random.Generator, out: Path) -> list[dict]:
                      "number", 0.01, "Percent of the cost basis (quantity times avg_cost from positions.parquet), price change only (dividends excluded), rounded to 2 decimals.", unit="percent"))  # fmt: skip
     for k in range(3):
         a = accounts[k + 2]
-        t = pick(pos[pos.account == a].ticker.tolist())
+        t = pick(pos[pos.account == a].ticker.tolist(), "pf-weight")
         qs.append(_q(f"pf-weight-{k}", f"What was the weight of {t} in account {a} at the last close?",
                      held + f"v = value_on('{last}', '{a}')\nprint(round(float(v[v.ticker == '{t}'].mv.sum() / v.mv.sum()), 4))",
                      "number", 0.0001, "A ratio of market values (0.25 means 25%), rounded to 4 decimals.", unit="ratio"))  # fmt: skip
@@ -367,7 +382,7 @@ def _portfolio(rng: np.random.Generator, out: Path) -> list[dict]:
                      held + f"total = 0.0\nfor _, r in ca[ca.type == 'dividend'].iterrows():\n    q = qty_on(r.ex_date - pd.Timedelta(days=1))\n    total += float((q[(q.account == '{a}') & (q.ticker == r.ticker)].quantity * r.value).sum())\nprint(round(total, 2))",
                      "number", 0.005, "Dollars, shares held on the day before each ex_date (after any earlier split), rounded to 2 decimals."))  # fmt: skip
     for k in range(3):
-        a, i = pick(accounts), int(rng.integers(1, len(day_s)))
+        a, i = pick(accounts, "pf-dayret"), int(rng.integers(1, len(day_s)))
         qs.append(_q(f"pf-dayret-{k}", f"What was the daily return of account {a} on {day_s[i]}?",
                      held + f"now = value_on('{day_s[i]}', '{a}').mv.sum()\nbefore = value_on('{day_s[i - 1]}', '{a}').mv.sum()\nprint(round(float(now / before - 1), 5))",
                      "number", 0.00001, f"A ratio (0.01 means 1%): market value at the close of {day_s[i]} over the previous trading day's close, minus 1, split-adjusted quantities, dividends excluded; rounded to 5 decimals.", unit="ratio"))  # fmt: skip
@@ -377,18 +392,18 @@ def _portfolio(rng: np.random.Generator, out: Path) -> list[dict]:
                      held + f"v = value_on('{last}', '{a}').merge(pos[['account', 'ticker', 'avg_cost']], on=['account', 'ticker'], suffixes=('', '_p'))\nc = pos[pos.account == '{a}'].set_index('ticker')\nlow = [t for t in v.ticker if v[v.ticker == t].mv.iloc[0] < c.loc[t, 'quantity'] * c.loc[t, 'avg_cost']]\nprint(', '.join(sorted(low)) or 'none')",
                      "list", 0, "Ticker symbols separated by commas, in any order ('none' if there are none); compare market value with quantity times avg_cost.", ))  # fmt: skip
     for k in range(3):
-        t = sorted(split_t)[k % 2] if k < 2 else pick(tickers)
+        t = sorted(split_t)[k % 2] if k < 2 else pick([x for x in tickers if x not in sorted(split_t)[:2]], "pf-adjret")
         qs.append(_q(f"pf-adjret-{k}", f"What was the split-adjusted return of {t} from the first to the last close?",
                      "px = pd.read_parquet('/data/prices.parquet'); ca = pd.read_parquet('/data/corporate_actions.parquet')\n"
                      f"x = px[px.ticker == '{t}'].sort_values('date').set_index('date').close\nfor _, r in ca[(ca.ticker == '{t}') & (ca.type == 'split')].iterrows():\n    x[x.index < r.ex_date] /= r.value\nprint(round(100 * float(x.iloc[-1] / x.iloc[0] - 1), 2))",
                      "number", 0.01, "Percent (5.25 means 5.25%), split-adjusted, dividends excluded, rounded to 2 decimals.", unit="percent"))  # fmt: skip
     for k in range(3):
-        d = pick(day_s)
+        d = pick(day_s, "pf-largest")
         qs.append(_q(f"pf-largest-{k}", f"Which account had the largest market value at the close of {d}?",
                      held + f"print(value_on('{d}').groupby('account').mv.sum().idxmax())",
                      "text", 0, "The account id (for example ACC1)."))  # fmt: skip
     for k in range(3):
-        t = pick(tickers)
+        t = pick(tickers, "pf-holders")
         qs.append(_q(f"pf-holders-{k}", f"How many shares of {t} do all accounts together hold at the last close?",
                      held + f"q = qty_on('{last}')\nprint(int(q[q.ticker == '{t}'].quantity.sum()))",
                      "number", 0, "Split-adjusted share count, an integer (0 if nobody holds it)."))  # fmt: skip
@@ -415,6 +430,8 @@ def generate(out_dir: Path, seed: int = DEFAULT_SEED) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         questions = build(np.random.default_rng([seed, offset]), folder)
         assert len(questions) == 30, (name, len(questions))
+        texts = [q["question"] for q in questions]
+        assert len(set(texts)) == len(texts), f"{name}: a question appears twice"
         lines = []
         for q in questions:
             q["answer"] = run_reference(q.pop("_program"), folder)

@@ -407,7 +407,17 @@ class OpenAIBackend:
     async def generate(self, request: GenRequest) -> GenResult:
         body = chat_body(request, self.served_model, self.max_model_len)
         async with self._gate:
-            data = await self._transport.request("POST", "/v1/chat/completions", body, label=request.request_id)
+            try:
+                data = await self._transport.request("POST", "/v1/chat/completions", body, label=request.request_id)
+            except BackendError as exc:
+                if request.tools and "HTTP 400" in str(exc) and "tool" in str(exc).lower():
+                    # Every request of an agent bench would fail the same way: stop the run in one line.
+                    raise UserError(
+                        f"{self._transport.root} rejects requests with tools ({exc}): restart it with "
+                        "--enable-auto-tool-choice --tool-call-parser NAME (hermes for Qwen3's JSON calls, "
+                        "qwen3_coder for Qwen3.5's and Qwen3-Coder's XML)"
+                    ) from None
+                raise
         try:
             result = parse_chat_response(data, want_logprobs=request.logprobs)
             if result.completion_tokens > body["max_tokens"]:

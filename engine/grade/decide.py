@@ -76,6 +76,7 @@ class Evidence(msgspec.Struct, kw_only=True):
     probe_note: str = ""  # why there is no probe reading ("" = none was run)
     traits: list[TraitEvidence] = []  # judged benches, graded from their judgments
     invalid: list[str] = []  # a bench that could not measure: the decision is INVALID
+    incomplete: list[str] = []  # a measurement still missing outside the records (a trait answer without a judge verdict)
     families: list[FamilyInput] = []  # further signal families (plug in here; see family.py)
     notes: list[str] = []
 
@@ -348,9 +349,12 @@ def grade(base: Run, cand: Run, options: GradeOptions, evidence: Evidence) -> Ve
         decision, headline = "DEGRADED", "DEGRADED: " + "; ".join(reasons)
     elif evidence.invalid:
         decision, headline = "INVALID", "INVALID: " + "; ".join(evidence.invalid)
-    elif incomplete:
+    elif incomplete or evidence.incomplete:
         decision = "INCOMPLETE"
-        headline = f"INCOMPLETE: {', '.join(incomplete)} lack items or samples (rerun to finish, or --allow-incomplete)"
+        headline = "INCOMPLETE: " + "; ".join(
+            ([f"{', '.join(incomplete)} lack items or samples (rerun to finish, or --allow-incomplete)"] if incomplete else [])
+            + list(evidence.incomplete)
+        )
     else:
         graded = [r for r in rows if r.n]
         limit = margin if margin is not None else options.default_margin

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import msgspec
 
-from engine import provenance, sequential, traits_report
+from engine import episodes, provenance, sequential, traits_report
 from engine.baselines import check_gradable
 from engine.errors import UserError
 from engine.grade.decide import Evidence, GradeOptions, ProbeReading, comparability, grade
@@ -45,6 +45,37 @@ def _trait_evidence(cand: Run, base: Run, alpha: float) -> list[TraitEvidence]:
     return out
 
 
+def _exams_that_did_not_run(base: Run, cand: Run) -> list[str]:
+    """Agent benches whose episodes mostly ended on format errors, rejected tool calls or request
+    errors, on either side: such an exam measured nothing, so its "no change" would be a lie."""
+    out = []
+    for spec in cand.spec.benches:
+        for run, side in ((base, "baseline"), (cand, "candidate")):
+            bench = next((b for b in run.spec.benches if b.name == spec.name), None)
+            found = episodes.health(run.records.get(spec.name, []), tool_format=bench.scoring_versions.get("tool_format") if bench else None)
+            if found is not None and found.invalid:
+                out.append(f"{spec.name} did not run in the {side}: {found.cause}; {found.remedy}")
+    return out
+
+
+def _unjudged(traits: list[TraitEvidence]) -> tuple[list[str], list[str]]:
+    """(invalid, incomplete): a judged bench whose answers have no verdict at all (the judge never
+    answered) measured nothing; some answers without one leave their trait INCOMPLETE, never a pass."""
+    invalid, incomplete = [], []
+    for t in traits:
+        report = msgspec.convert(t.report, traits_report.TraitsReport)
+        answers = sum(r.scenarios for r in report.rows)
+        if report.unscored_cand and report.unscored_cand >= answers:
+            invalid.append(f"{t.bench}: no answer of the candidate has a judge verdict (the judge never answered); "
+                           f"run `python -m engine judge RUN --judge MODEL|URL`")  # fmt: skip
+        elif report.unscored_cand or report.unscored_base:
+            open_traits = [r.trait for r in report.rows if r.status == "INCOMPLETE"]
+            incomplete.append(f"{t.bench}: {report.unscored_cand} candidate and {report.unscored_base or 0} baseline answer(s) without a judge verdict"
+                              + (f" (traits {', '.join(open_traits)})" if open_traits else "")
+                              + "; rerun `python -m engine judge RUN` to finish judging")  # fmt: skip
+    return invalid, incomplete
+
+
 def load_evidence(base: Run, cand: Run, options: GradeOptions) -> Evidence:
     """The noise floor beside the baseline, the candidate's early-stop design and probe panel, and the
     judged benches' trait tables (only for a comparable pair: otherwise nothing is read)."""
@@ -52,12 +83,16 @@ def load_evidence(base: Run, cand: Run, options: GradeOptions) -> Evidence:
         return Evidence()
     floor = read_noise_floor(base.dir)
     probe, note = read_probe(cand.dir)
+    traits = _trait_evidence(cand, base, options.alpha)
+    unjudged, unfinished = _unjudged(traits)
     return Evidence(
+        invalid=_exams_that_did_not_run(base, cand) + unjudged,
+        incomplete=unfinished,
         planned_discordance={name: b.same_seed for name, b in floor.benches.items()} if floor is not None else None,
         design=sequential.read_design(cand.dir),
         probe=probe,
         probe_note=note,
-        traits=_trait_evidence(cand, base, options.alpha),
+        traits=traits,
     )
 
 
