@@ -185,7 +185,6 @@ def test_identical_commands_print_identical_output(scenarios):
     ]
     outputs = []
     for _ in range(2):
-        sandbox._staged.clear()  # as in another process: the data is staged again
         time.sleep(1.1)
         with sandbox.AgentShell(folder) as shell:
             outputs.append([shell.run(c).output for c in commands])
