@@ -736,6 +736,18 @@ def cmd_noise_floor(argv: list[str]) -> int:
     return EXIT_OK
 
 
+def cmd_margin(argv: list[str]) -> int:
+    from engine import margin
+
+    return margin.main(argv)
+
+
+def cmd_plan(argv: list[str]) -> int:
+    from engine import planner
+
+    return planner.main(argv)
+
+
 def cmd_judge(argv: list[str]) -> int:
     from engine import judge
     from engine.records import read_run
@@ -833,7 +845,7 @@ def cmd_sweep(argv: list[str]) -> int:
 SUBCOMMANDS = {
     "compare": cmd_compare, "report": cmd_report, "degrade": cmd_degrade, "model": cmd_model, "data": cmd_data,
     "determinism": cmd_determinism, "probe": cmd_probe, "noise-floor": cmd_noise_floor, "judge": cmd_judge,
-    "import": cmd_import, "sweep": cmd_sweep,
+    "import": cmd_import, "sweep": cmd_sweep, "margin": cmd_margin, "plan": cmd_plan,
 }
 SUBCOMMAND_HELP = {
     "compare": "grade run CAND against baseline run BASE",
@@ -847,6 +859,8 @@ SUBCOMMAND_HELP = {
     "judge": "judge (or judge again) a finished run's judged benches, print their trait tables with gates",
     "import": "import lm-eval: an lm-evaluation-harness --log_samples output as a run directory",
     "sweep": "one run per candidate against a baseline (Ray tasks on a cluster, or one after another), one summary table",
+    "margin": "answer margin of a finished run per item (teacher-forced reference answer), stored beside its records",
+    "plan": "items and wall time a bench needs to detect (or rule out) a drop, from a baseline's noise floor",
 }
 
 
