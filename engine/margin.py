@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -243,29 +245,35 @@ def score_vllm(llm, queries: list[Query], batch: int = 256) -> list[MarginItem]:
     return out
 
 
-def open_llm(checkpoint: Path, *, dtype: str, max_model_len: int, seed: int = 0):
-    """A `vllm.LLM` with its engine core in this process (prefix caching off: the engine default here)."""
-    from engine.backends.vllm_backend import _prepare_environment, cpu_thread_binding_env, engine_kwargs
+@contextlib.contextmanager
+def in_process_llm(checkpoint: Path, *, dtype: str, max_model_len: int, seed: int = 0) -> Iterator:
+    """A `vllm.LLM` with its engine core in this process (prefix caching off, as every engine here),
+    shut down on exit; vLLM's environment restored as found."""
+    from engine.backends.vllm_backend import (
+        _prepare_environment,
+        cpu_thread_binding_env,
+        engine_kwargs,
+        vllm_environment,
+    )
 
     _prepare_environment()
-    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     try:
         from vllm import LLM
     except ImportError as exc:
         raise UserError(f"margin: vLLM is not importable ({exc})") from exc
-    with cpu_thread_binding_env(1):
-        return LLM(**engine_kwargs(checkpoint, dtype=dtype, seed=seed, max_model_len=max_model_len))
+    with vllm_environment({"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_STREAM": os.environ.get("VLLM_LOGGING_STREAM", "ext://sys.stderr")}):
+        with cpu_thread_binding_env(1):
+            llm = LLM(**engine_kwargs(checkpoint, dtype=dtype, seed=seed, max_model_len=max_model_len))
+        try:
+            yield llm
+        finally:
+            import gc
 
-
-def close_llm(llm) -> None:
-    import gc
-
-    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-    if core is not None and hasattr(core, "shutdown"):
-        core.shutdown()
-    del llm, core
-    gc.collect()
+            core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+            if core is not None and hasattr(core, "shutdown"):
+                core.shutdown()
+            del llm, core
+            gc.collect()
 
 
 # ---- an OpenAI-compatible (vLLM) server -----------------------------------------------------------
@@ -392,12 +400,12 @@ def compute(
             if wrong:
                 raise UserError(f"{run_dir}: {name} prompts rendered here differ from the ones the run sent (items {', '.join(wrong[:3])})")
         work.append((name, module, queries))
-    out = []
-    own = llm is None and base_url is None
-    if own:
-        longest = max((len(q.context) + len(q.answer) for _, _, qs in work for q in qs), default=16)
-        llm = open_llm(checkpoint, dtype=dtype, max_model_len=max(getattr(engine, "max_model_len", 0) or 0, longest + 8))
-    try:
+    longest = max((len(q.context) + len(q.answer) for _, _, qs in work for q in qs), default=16)
+    with contextlib.ExitStack() as stack:
+        if llm is None and base_url is None:
+            max_len = max(getattr(engine, "max_model_len", 0) or 0, longest + 8)
+            llm = stack.enter_context(in_process_llm(checkpoint, dtype=dtype, max_model_len=max_len))
+        out = []
         for name, module, queries in work:
             started = time.perf_counter()
             if base_url is None:
@@ -413,9 +421,6 @@ def compute(
             )  # fmt: skip
             write_margins(run_dir, margins)
             out.append(read_margins(run_dir, name))
-    finally:
-        if own:
-            close_llm(llm)
     return out
 
 
