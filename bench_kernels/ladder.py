@@ -33,7 +33,7 @@ from engine.margin import paired_margins, read_margins  # noqa: E402
 from engine.margin_stats import margin_tests  # noqa: E402
 from engine.models import cache_dir  # noqa: E402
 
-RUNGS = ("aa-same", "aa-other", "rtn-int8", "rtn-int6", "rtn-int4", "rtn-int3")
+RUNGS = ("aa-same", "aa-other", "rtn-int8", "rtn-int6", "rtn-int4", "rtn-int3")  # table order
 ENV = {**os.environ, "VLLM_HOST_IP": "127.0.0.1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 
 
@@ -121,38 +121,51 @@ def smallest_step(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def report(state: dict, limit: int, benches: list[str]) -> str:
+    order = {rung: k for k, rung in enumerate(RUNGS)}
+    rows = sorted(state["rows"], key=lambda r: order.get(r["rung"], 99))
+    cost = [state["cost"][rung] for rung in RUNGS if rung in state["cost"]]
+    machine = f"{platform.node()}: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, Python {platform.python_version()}"
+    return "\n\n".join([
+        f"Ladder: tiny model (smollm2-135m, bfloat16), smoke tier, first {limit} items of {', '.join(benches)}; {machine}",
+        format_table(rows),
+        "Smallest ladder step each signal detects:\n" + smallest_step(rows),
+        "Margin pass cost against generation (same items, engine load excluded):\n\n| candidate | generation | margin pass | fraction |\n|---|---|---|---|\n"
+        + "\n".join(f"| {c['rung']} | {c['generation_s']:.0f} s | {c['margin_s']:.1f} s | {c['margin_s'] / c['generation_s']:.1%} |" for c in cost),
+    ])  # fmt: skip
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--limit", type=int, default=40, help="items per bench (first N of the smoke selection)")
     p.add_argument("--benches", default="arith,gsm8k,mmlu_pro")
-    p.add_argument("--rungs", default=",".join(RUNGS))
+    p.add_argument("--rungs", default=",".join(RUNGS), help="which candidates, in the order they are run")
     p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "ladder")
     p.add_argument("-c", "--concurrency", type=int, default=64)
+    p.add_argument("--report-only", action="store_true", help="print the table of what OUT/ladder.json holds so far")
     args = p.parse_args()
     benches = [b for b in args.benches.split(",") if b]
     args.out.mkdir(parents=True, exist_ok=True)
-    base = args.out / "base"
-    make_run(base, "smollm2-135m", 0, args)
-    reference = base / "kl_reference.dhref"
-    if not reference.is_file():
-        engine("probe", "--model", "smollm2-135m", "--build-reference", "--from-run", str(base), "--data-dir", str(args.data_dir), "--dtype", "bfloat16")
-    rows, cost = [], []
-    for rung in [r for r in args.rungs.split(",") if r]:
-        model = candidate_model(rung)
-        cand = args.out / rung
-        make_run(cand, model, 1 if rung == "aa-other" else 0, args)
-        rows += grade(base, cand, rung, reference, model, benches)
-        gen, mar = generation_seconds(cand), margin_seconds(cand, benches)
-        cost.append(f"| {rung} | {gen:.0f} s | {mar:.1f} s | {mar / gen:.1%} |")
-        (args.out / "ladder.json").write_text(json.dumps(rows, indent=1))
-    machine = f"{platform.node()}: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, Python {platform.python_version()}"
-    text = "\n\n".join([
-        f"Ladder: tiny model (smollm2-135m, bfloat16), smoke tier, first {args.limit} items of {', '.join(benches)}; {machine}",
-        format_table(rows),
-        "Smallest ladder step each signal detects:\n" + smallest_step(rows),
-        "Margin pass cost against generation (same items, engine load excluded):\n\n| candidate | generation | margin pass | fraction |\n|---|---|---|---|\n" + "\n".join(cost),
-    ])  # fmt: skip
+    state_path = args.out / "ladder.json"
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {"rows": [], "cost": {}}
+    if not args.report_only:
+        base = args.out / "base"
+        make_run(base, "smollm2-135m", 0, args)
+        reference = base / "kl_reference.dhref"
+        if not reference.is_file():
+            engine("probe", "--model", "smollm2-135m", "--build-reference", "--from-run", str(base), "--data-dir",
+                   str(args.data_dir), "--dtype", "bfloat16")  # fmt: skip
+        for rung in [r for r in args.rungs.split(",") if r]:
+            if rung in state["cost"]:
+                continue  # graded by an earlier, interrupted ladder
+            model = candidate_model(rung)
+            cand = args.out / rung
+            make_run(cand, model, 1 if rung == "aa-other" else 0, args)
+            state["rows"] = [r for r in state["rows"] if r["rung"] != rung] + grade(base, cand, rung, reference, model, benches)
+            state["cost"][rung] = dict(rung=rung, generation_s=generation_seconds(cand), margin_s=margin_seconds(cand, benches))
+            state_path.write_text(json.dumps(state, indent=1))
+    text = report(state, args.limit, benches)
     (args.out / "ladder.md").write_text(text + "\n")
     print(text)
     return 0

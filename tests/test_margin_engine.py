@@ -88,23 +88,23 @@ def test_rtn_int3_loses_margin(margins):
 
 @pytest.mark.heavy
 def test_margin_command_writes_a_checked_file_per_bench(tmp_path, tiny_model):
-    runs = []
-    for name in ("a", "b"):
-        run = tmp_path / name
-        shutil.copytree(BASELINE, run)
-        proc = run_cli("margin", str(run), "--benches", "arith", "--dtype", "float32", env={"HF_HUB_OFFLINE": "1"})
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert "arith: 150 items" in proc.stdout
-        runs.append(run)
-    stored = read_margins(runs[0], "arith")
+    run = tmp_path / "a"
+    shutil.copytree(BASELINE, run)
+    proc = run_cli("margin", str(run), "--benches", "arith", "--dtype", "float32", env={"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "arith: 150 items" in proc.stdout
+    stored = read_margins(run, "arith")
     assert stored.dtype == "float32" and stored.prefix == "" and len(stored.items) == 150 and stored.checksum
-    base, cand = paired_margins(*runs)
+    assert all(i.margin < 0 and i.tokens >= 1 for i in stored.items)
+    other = tmp_path / "b"
+    shutil.copytree(run, other)
+    base, cand = paired_margins(run, other)
     (t,) = margin_tests(base, cand)
     assert t.identical and t.n == 150
     # an edited file is refused, naming it
-    path = runs[1] / "margins" / "arith.json"
+    path = other / "margins" / "arith.json"
     path.write_text(path.read_text().replace('"margin": -', '"margin": -1', 1))
-    proc = run_cli("plan", "--baseline", str(runs[0]), "--drop", "5", "--discordance", "0.05", "--margin-candidate", str(runs[1]))
+    proc = run_cli("plan", "--baseline", str(run), "--drop", "5", "--discordance", "0.05", "--margin-candidate", str(other))
     assert proc.returncode == 2 and "does not match its checksum" in proc.stderr
 
 
