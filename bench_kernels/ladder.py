@@ -46,6 +46,14 @@ def engine(*args: str, ok=(0,)) -> subprocess.CompletedProcess:
     return proc
 
 
+def last_json(stdout: str) -> dict:
+    """The command's JSON answer (its last line that is one, should anything else reach stdout)."""
+    try:
+        return json.loads(stdout)
+    except json.JSONDecodeError:
+        return json.loads(next(line for line in reversed(stdout.splitlines()) if line.startswith("{")))
+
+
 def candidate_model(rung: str) -> str:
     if rung.startswith("aa-"):
         return "smollm2-135m"
@@ -78,7 +86,7 @@ def margin_seconds(run: Path, benches: list[str]) -> float:
 def grade(base: Path, cand: Path, rung: str, reference: Path, model: str, benches: list[str]) -> list[dict]:
     rows = []
     waive = ["--allow-differ", "seed"] if rung == "aa-other" else []
-    compared = json.loads(engine("compare", str(base), str(cand), *waive, "--json", ok=(0, 1)).stdout)
+    compared = last_json(engine("compare", str(base), str(cand), *waive, "--json", ok=(0, 1, 5, 7)).stdout)
     for b in compared["benches"]:
         lo, hi = b["delta_ci"]
         rows.append(dict(rung=rung, bench=b["bench"], signal="flips", effect=100 * b["delta"], lo=100 * lo, hi=100 * hi,
@@ -93,7 +101,7 @@ def grade(base: Path, cand: Path, rung: str, reference: Path, model: str, benche
     for t in margin_tests(base_m, cand_m):
         rows.append(dict(rung=rung, bench=t.bench, signal="answer margin", effect=t.effect, lo=t.interval[0], hi=t.interval[1],
                          fires=t.fired, unit="nats", note="identical" if t.identical else f"p {t.p:.2g}"))  # fmt: skip
-    probe = json.loads(engine("probe", "--model", model, "--reference", str(reference), "--dtype", "bfloat16", "--json").stdout)
+    probe = last_json(engine("probe", "--model", model, "--reference", str(reference), "--dtype", "bfloat16", "--json").stdout)
     kl, se = probe["kl_mean"], probe["kl_se"]
     floor = (probe.get("storage_floor") or {}).get("kl_mean", 0.0)
     # Fires when the one-sided 95% lower bound of the mean KL is above the reference's own storage floor.
