@@ -129,6 +129,27 @@ def smallest_step(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def write_noise_floor(out: Path) -> None:
+    """The A/A rungs are the baseline's two noise-floor reruns: store their discordance beside it, so
+    `python -m engine plan --baseline OUT/base` plans from it."""
+    import msgspec
+
+    from engine.noise_floor import discordance
+    from engine.records import NOISE_FLOOR_FILE, BenchNoise, NoiseFloor, read_run
+
+    runs = {rung: out / rung for rung in ("aa-same", "aa-other")}
+    if not all((run / "manifest.json").is_file() for run in runs.values()):
+        return
+    base = read_run(out / "base")
+    same, other = read_run(runs["aa-same"]), read_run(runs["aa-other"])
+    table = {}
+    for bench in base.spec.benches:
+        n, s = discordance(base, same, bench.name)
+        table[bench.name] = BenchNoise(n=n, same_seed=s, other_seed=discordance(base, other, bench.name)[1])
+    floor = NoiseFloor(same_seed_run=str(runs["aa-same"]), other_seed_run=str(runs["aa-other"]), benches=table)
+    (out / "base" / NOISE_FLOOR_FILE).write_bytes(msgspec.json.format(msgspec.json.encode(floor), indent=1))
+
+
 def report(state: dict, limit: int, benches: list[str]) -> str:
     order = {rung: k for k, rung in enumerate(RUNGS)}
     rows = sorted(state["rows"], key=lambda r: order.get(r["rung"], 99))
@@ -173,6 +194,7 @@ def main() -> int:
             state["rows"] = [r for r in state["rows"] if r["rung"] != rung] + grade(base, cand, rung, reference, model, benches)
             state["cost"][rung] = dict(rung=rung, generation_s=generation_seconds(cand), margin_s=margin_seconds(cand, benches))
             state_path.write_text(json.dumps(state, indent=1))
+    write_noise_floor(args.out)
     text = report(state, args.limit, benches)
     (args.out / "ladder.md").write_text(text + "\n")
     print(text)
