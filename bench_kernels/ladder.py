@@ -64,14 +64,14 @@ def candidate_model(rung: str) -> str:
 
 
 def make_run(out: Path, model: str, seed: int, args) -> None:
-    if (out / "manifest.json").is_file():
-        return
-    engine(
-        "--model", model, "--tier", "smoke", "--benches", args.benches, "--data-dir", str(args.data_dir),
-        "--limit", str(args.limit), "--seed", str(seed), "--item-seed", "0", "--baseline", "none", "--out", str(out),
-        "-c", str(args.concurrency), ok=(0, 1),
-    )  # fmt: skip
-    engine("margin", str(out), "--data-dir", str(args.data_dir))
+    if not (out / "manifest.json").is_file():
+        engine(
+            "--model", model, "--tier", "smoke", "--benches", args.benches, "--data-dir", str(args.data_dir),
+            "--limit", str(args.limit), "--seed", str(seed), "--item-seed", "0", "--baseline", "none", "--out", str(out),
+            "-c", str(args.concurrency), ok=(0, 1),
+        )  # fmt: skip
+    if not (out / "margins").is_dir():
+        engine("margin", str(out), "--model", model, "--data-dir", str(args.data_dir))
 
 
 def generation_seconds(run: Path) -> float:

@@ -369,7 +369,7 @@ def compute(
     RUN/margins/. In-process unless `base_url` (or the run itself was served): `llm` reuses an engine."""
     import benches
     from engine.backends.protocol import load_tokenizer
-    from engine.models import checkpoint_fingerprint, resolve_model
+    from engine.models import SMOLLM2_NAME, checkpoint_fingerprint, resolve_model
     from engine.records import read_run
     from engine.spec import OpenAIEngine, normalize_dtype
 
@@ -383,6 +383,8 @@ def compute(
             raise UserError(f"--benches {name}: no fixed-form reference answer (margins exist for {', '.join(FORMS)})")
         if name not in run.records:
             raise UserError(f"--benches {name}: not a bench of {run_dir}")
+    if model is None and not Path(run.spec.model).is_dir() and run.spec.model != SMOLLM2_NAME:
+        raise UserError(f"{run_dir}: its model is labelled {run.spec.model!r}; pass --model CHECKPOINT (its tokenizer renders the prompts)")
     checkpoint = resolve_model(model or run.spec.model)
     fingerprint = checkpoint_fingerprint(checkpoint)
     if fingerprint != run.spec.model_fingerprint and base_url is None:
