@@ -114,7 +114,8 @@ def format_table(rows: list[dict]) -> str:
     lines = ["| candidate | bench | signal | effect | 95% interval | fires | note |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         interval = "" if math.isnan(r["lo"]) else f"[{r['lo']:+.3g}, {r['hi']:+.3g}]"
-        lines.append(f"| {r['rung']} | {r['bench']} | {r['signal']} | {r['effect']:+.3g} {r['unit']} | {interval} | "
+        effect = f"{r['effect']:.3g}× median length" if r["unit"] == "×" else f"{r['effect']:+.3g} {r['unit']}"
+        lines.append(f"| {r['rung']} | {r['bench']} | {r['signal']} | {effect} | {interval} | "
                      f"{'**yes**' if r['fires'] else 'no'} | {r['note']} |")  # fmt: skip
     return "\n".join(lines)
 
