@@ -448,8 +448,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--benches", default=None, help="comma-separated (default: every bench of the run with an answer form)")
     p.add_argument("--dtype", default=None, help="engine dtype (default: the run's)")
     p.add_argument("--base-url", default=None, help="score through this OpenAI-compatible vLLM server (default: in-process)")
-    p.add_argument("--served-model", default=None)
-    p.add_argument("--api-key-env", default=None)
+    p.add_argument("--served-model", default=None, help="--base-url: model id on the server (default: the one it serves)")
+    p.add_argument("--api-key-env", default=None, help="--base-url: environment variable holding the API key")
     args = p.parse_args(argv)
     names = [b.strip() for b in args.benches.split(",") if b.strip()] if args.benches else None
     results = compute(
