@@ -41,7 +41,7 @@ from typing import Literal
 
 import msgspec
 
-from engine.errors import NotComparable, UserError
+from engine.errors import ExitCode, NotComparable, UserError
 
 MARGIN_VERSION = "1"
 MARGINS_DIR = "margins"
@@ -460,4 +460,4 @@ def main(argv: list[str]) -> int:
         print(f"{args.run}: no bench with a fixed-form reference answer", file=sys.stderr)
     for margins in results:
         print(format_margins(margins))
-    return 0
+    return int(ExitCode.PASS)

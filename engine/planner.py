@@ -21,7 +21,7 @@ import numpy as np
 from scipy import stats as _scipy_stats
 
 from engine import stats
-from engine.errors import UserError
+from engine.errors import ExitCode, UserError
 
 MAX_ITEMS = 1_000_000
 
@@ -239,4 +239,4 @@ def main(argv: list[str]) -> int:
         base_dir = found[0].parent
     plans, margin_plans = plan(base_dir, drop, args.power, args.alpha, args.discordance, args.margin_candidate)
     print(format_plan(plans, margin_plans, drop, args.power))
-    return 0
+    return int(ExitCode.PASS)
