@@ -10,7 +10,7 @@ DEMO_CANDIDATE := $(DH_CACHE)/candidates/smollm2-135m-rtn-int3
 comma := ,
 DEMO_BENCHES := arith$(if $(DATA_DIR),$(comma)gsm8k)
 
-.PHONY: install demo test test-slow lint baseline bench-overhead bench-parallel clean
+.PHONY: install demo test test-slow lint baseline bench-overhead bench-parallel ladder clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,12 @@ bench-overhead: $(STAMP)
 # --dp 2 (and --tp 3) against one replica: tokens/s and equal completions (float32).
 bench-parallel: $(STAMP)
 	$(BIN)/python bench_kernels/data_parallel.py --tp3
+
+# Which signal (flips, answer margin, KL, canaries) detects which damage (A/A .. rtn-int3): docs/margin.md.
+# LADDER_LIMIT items per bench of the smoke selection (the full smoke takes hours on 2 cores).
+LADDER_LIMIT ?= 40
+ladder: $(STAMP)
+	$(BIN)/python bench_kernels/ladder.py --limit $(LADDER_LIMIT) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -854,6 +854,18 @@ def cmd_noise_floor(argv: list[str]) -> int:
     return ExitCode.PASS
 
 
+def cmd_margin(argv: list[str]) -> int:
+    from engine import margin
+
+    return margin.main(argv)
+
+
+def cmd_plan(argv: list[str]) -> int:
+    from engine import planner
+
+    return planner.main(argv)
+
+
 def cmd_judge(argv: list[str]) -> int:
     from engine import judge
     from engine.records import read_run
@@ -957,6 +969,7 @@ SUBCOMMANDS = {
     "compare": cmd_compare, "report": cmd_report, "degrade": cmd_degrade, "model": cmd_model, "data": cmd_data,
     "determinism": cmd_determinism, "probe": cmd_probe, "noise-floor": cmd_noise_floor, "judge": cmd_judge,
     "import": cmd_import, "sweep": cmd_sweep, "baseline": lambda argv: _baseline_command(argv),
+    "margin": cmd_margin, "plan": cmd_plan,
 }
 SUBCOMMANDS |= evidence_commands.SUBCOMMANDS
 SUBCOMMAND_HELP = {
@@ -972,6 +985,8 @@ SUBCOMMAND_HELP = {
     "judge": "judge (or judge again) a finished run's judged benches, print their trait tables with gates",
     "import": "import lm-eval: an lm-evaluation-harness --log_samples output as a run directory",
     "sweep": "one run per candidate against a baseline (Ray tasks on a cluster, or one after another), one summary table",
+    "margin": "answer margin of a finished run per item (teacher-forced reference answer), stored beside its records",
+    "plan": "items and wall time a bench needs to detect (or rule out) a drop, from a baseline's noise floor",
 }
 SUBCOMMAND_HELP |= evidence_commands.HELP
 
