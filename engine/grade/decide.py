@@ -37,8 +37,9 @@ from engine.records import Run
 
 KL = "kl"
 LM_EVAL = "lm-eval-margin"
+ANSWER_MARGIN = "answer-margin"  # engine/margin.py: teacher-forced log p of the reference answer, paired per item
 # Every signal `--signals` can name: the tested families, then the deterministic gates.
-SIGNALS = (ACCURACY, cn.TRUNCATION, cn.LENGTH, cn.NO_ANSWER, cn.EPISODES, LM_EVAL, TRAITS, KL, TRAIT_GATES)
+SIGNALS = (ACCURACY, cn.TRUNCATION, cn.LENGTH, cn.NO_ANSWER, cn.EPISODES, LM_EVAL, ANSWER_MARGIN, TRAITS, KL, TRAIT_GATES)
 # KL tripwire defaults, aimed at collapse (docs/decision.md): on the tiny model's ladder rtn-int8 gives
 # mean KL 0.003 / same top-1 97.6%, rtn-int4 0.42 / 75%, prune-30 0.46 / 74%, rtn-int3 3.06 / 28%.
 KL_GATE_MEAN = 1.0

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import msgspec
 
-from engine import episodes, provenance, sequential, traits_report
+from engine import episodes, margin, margin_stats, provenance, sequential, traits_report
 from engine.baselines import check_gradable
-from engine.errors import UserError
-from engine.grade.decide import Evidence, GradeOptions, ProbeReading, comparability, grade
+from engine.errors import NotComparable, UserError
+from engine.grade.decide import ANSWER_MARGIN, Evidence, GradeOptions, ProbeReading, comparability, grade
+from engine.grade.family import FamilyInput, Member
 from engine.grade.traits import TraitEvidence, TraitLine
 from engine.grade.verdict import VERDICT_FILE, Verdict, encode
 from engine.records import Run, atomic_write, read_noise_floor
@@ -76,6 +77,24 @@ def _unjudged(traits: list[TraitEvidence]) -> tuple[list[str], list[str]]:
     return invalid, incomplete
 
 
+def _answer_margin(base: Run, cand: Run, alpha: float) -> tuple[FamilyInput, list[str]]:
+    """The answer-margin family from the margin files beside both runs (`python -m engine margin RUN`);
+    no members (not measured) where either side has none. Margins scored differently (another answer
+    prefix or margin version) are not graded: said in a note, never a number."""
+    method = "paired t on the per-item answer margin (log p of the reference answer vs the alternatives), two-sided"
+    try:
+        base_margins, cand_margins = margin.paired_margins(base.dir, cand.dir)
+    except NotComparable as exc:
+        return FamilyInput(name=ANSWER_MARGIN, method=method, members=[]), [str(exc)]
+    members = [
+        # Identical margins (the same weights, a deterministic pass) can never fire: p_min 1, no share of α.
+        Member(name=t.bench, effect=t.effect, interval=t.interval, p=t.p, p_min=1.0 if t.identical else t.p_min, adverse=t.effect < 0,
+               line=f"answer margin on {t.bench} {margin_stats.format_margin_test(t).removeprefix('answer margin ')}")  # fmt: skip
+        for t in margin_stats.margin_tests(base_margins, cand_margins, alpha)
+    ]
+    return FamilyInput(name=ANSWER_MARGIN, method=method, members=members), []
+
+
 def load_evidence(base: Run, cand: Run, options: GradeOptions) -> Evidence:
     """The noise floor beside the baseline, the candidate's early-stop design and probe panel, and the
     judged benches' trait tables (only for a comparable pair: otherwise nothing is read)."""
@@ -85,7 +104,10 @@ def load_evidence(base: Run, cand: Run, options: GradeOptions) -> Evidence:
     probe, note = read_probe(cand.dir)
     traits = _trait_evidence(cand, base, options.alpha)
     unjudged, unfinished = _unjudged(traits)
+    answer_margin, margin_notes = _answer_margin(base, cand, options.alpha)
     return Evidence(
+        families=[answer_margin],
+        notes=margin_notes,
         invalid=_exams_that_did_not_run(base, cand) + unjudged,
         incomplete=unfinished,
         planned_discordance={name: b.same_seed for name, b in floor.benches.items()} if floor is not None else None,
