@@ -282,3 +282,18 @@ def test_dp_over_ray_nodes_is_refused_on_the_cpu_build(tiny_model, tmp_path, two
     assert proc.returncode == 2, proc.stderr[-3000:]
     (line,) = [ln for ln in proc.stderr.splitlines() if "--dp-backend ray" in ln]
     assert "no Ray device key" in line and "--dp-backend mp" in line
+
+
+def test_dp_over_ray_is_refused_where_vllm_has_no_ray_device():
+    pytest.importorskip("vllm")
+    from vllm.platforms import current_platform
+
+    from engine.backends.vllm_backend import check_dp_backend
+
+    check_dp_backend(2, "mp")
+    check_dp_backend(1, "ray")
+    if current_platform.ray_device_key:  # a GPU build: vLLM places the replicas itself
+        check_dp_backend(2, "ray")
+        return
+    with pytest.raises(UserError, match="--dp-backend ray: vLLM's cpu build has no Ray device key, so it cannot place"):
+        check_dp_backend(2, "ray")
