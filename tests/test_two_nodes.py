@@ -220,7 +220,7 @@ def test_shared_storage_runs_straight_into_out(tmp_path, scripted, two_nodes, ca
 # ---- the real harness on two nodes ----------------------------------------------------------------------
 
 
-REAL_FLAGS = ["--benches", "arith", "--limit", "24", "--max-tokens", "48", "--kv-cache-gib", "0.25", "-c", "8"]
+REAL_FLAGS = ["--benches", "arith", "--limit", "24", "--max-tokens", "48", "--kv-cache-gib", "0.25", "-c", "4"]
 
 
 @pytest.mark.slow
