@@ -201,7 +201,7 @@ def test_a_node_lost_mid_run_is_retried_on_the_other_and_resumes(tmp_path, scrip
         assert run.manifest.startswith("verified") and sorted(keys) == sorted(base) and len(set(keys)) == len(keys) == 150
         raw = (out / name / "records" / "arith.jsonl").read_text().splitlines()
         assert len(raw) == 150  # not one line written twice
-    print(f"\n{captured.err}", file=sys.stderr)
+    print(f"\n{table}\n{captured.err}", file=sys.stderr)
 
 
 def test_shared_storage_runs_straight_into_out(tmp_path, scripted, two_nodes, capsys):  # noqa: F811
