@@ -105,8 +105,8 @@ def main() -> None:
                 remote_unpack = ray.get(unpack_on_b.remote(ref, i))
                 out.append((put_s, time.perf_counter() - t0, remote_unpack))
             n_mb = shipment.n_bytes / 1e6
-            med = [statistics.median(col) for col in zip(*back)]
-            med_out = [statistics.median(col) for col in zip(*out)]
+            med = [statistics.median(col) for col in zip(*back, strict=True)]
+            med_out = [statistics.median(col) for col in zip(*out, strict=True)]
             rows.append({"mb": round(n_mb, 2), "pack_s": med[0], "fetch_s": med[1], "unpack_s": med[2], "back_s": sum(med),
                          "back_s_per_mb": sum(med) / n_mb, "out_s": med_out[0] + med_out[1],
                          "out_s_per_mb": (med_out[0] + med_out[1]) / n_mb, "out_unpack_s": med_out[2]})  # fmt: skip

@@ -420,7 +420,8 @@ def _shipped_run(ray, name: str, argv: list[str], baseline: ship.Shipment, shipp
         stop.set()
         shipper.join()
         try:  # the records of a stopped run reach the driver, as they stay on disk in a run started by hand
-            send(ship.pack(local_run, partial=True))
+            if (local_run / SPEC_FILE).is_file():
+                send(ship.pack(local_run, partial=True))
         except Exception:
             pass
         raise

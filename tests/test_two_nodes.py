@@ -297,3 +297,32 @@ def test_dp_over_ray_is_refused_where_vllm_has_no_ray_device():
         return
     with pytest.raises(UserError, match="--dp-backend ray: vLLM's cpu build has no Ray device key, so it cannot place"):
         check_dp_backend(2, "ray")
+
+
+def test_sigterm_to_a_shipped_sweep_stops_the_run_on_its_node(tmp_path, scripted, two_nodes):  # noqa: F811
+    import signal
+    import subprocess
+    import textwrap
+
+    from tests.test_sweep import _wait_for
+
+    nodes = two_nodes()
+    argv = ["sweep", "--baseline", str(BASELINE), "--models", "sleeper", "--out", str(tmp_path / "o"),
+            "--ray-address", nodes.cluster.address]  # fmt: skip
+    script = [sys.executable, str(tmp_path / "scripted_run.py")]
+    driver = textwrap.dedent(f"""
+        import sys
+        from engine import sweep, __main__ as cli
+        sweep.run_argv = lambda c, b, f: {script!r} + ["--model", c.model, "--baseline", b, "--out", str(c.run_dir), *f]
+        sys.exit(cli.main({argv!r}))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", driver], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for((tmp_path / "pid").is_file, 120, proc)
+    child = int((tmp_path / "pid").read_text())
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "sweep interrupted" in stderr and (tmp_path / "stopped").read_text() == "SIGTERM"
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
+    assert not (tmp_path / "o" / "sleeper").exists()  # nothing had been written: nothing shipped back
