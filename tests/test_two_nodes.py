@@ -177,7 +177,7 @@ def test_a_node_lost_mid_run_is_retried_on_the_other_and_resumes(tmp_path, scrip
         time.sleep(0.2)
     on_b = next(c[1] for c in scripted() if _disk_of(_arg(c, "--out"), nodes) == "b")
     shipped = out / on_b / "records" / "arith.jsonl"
-    while len(_lines(shipped)) < 20:  # some of its records have reached the driver
+    while len(_lines(shipped)) < 10:  # some of its records have reached the driver
         assert driver.is_alive() and time.monotonic() < deadline, "no records shipped back"
         time.sleep(0.1)
     nodes.cluster.remove_node(nodes.node_b)
@@ -192,7 +192,7 @@ def test_a_node_lost_mid_run_is_retried_on_the_other_and_resumes(tmp_path, scrip
     assert "↻ node " in history and nodes.labels["b"] in history and "lost after" in history
     assert "retried, resumed from" in history and "finished on" in history and nodes.labels["a"] in history
     resumed = int(history.split("resumed from ")[1].split()[0])
-    assert 20 <= resumed < 150
+    assert 10 <= resumed < 150
     assert nodes.labels["a"] in _row(table, on_b)
     for name in ("trickle-1", "trickle-2"):
         run = records.read_run(out / name)
@@ -207,8 +207,10 @@ def test_a_node_lost_mid_run_is_retried_on_the_other_and_resumes(tmp_path, scrip
 def test_shared_storage_runs_straight_into_out(tmp_path, scripted, two_nodes, capsys):  # noqa: F811
     nodes = two_nodes()
     out = tmp_path / "sweep"
-    code = sweep.sweep(baseline=str(BASELINE), models=["aa"], run_flags=["--benches", "arith"], out=out,
-                       ray_address=nodes.cluster.address, per_run=None, grading=GRADING, shared_storage=True)  # fmt: skip
+    from engine import __main__ as cli
+
+    code = cli.main(["sweep", "--baseline", str(BASELINE), "--models", "aa", "--benches", "arith", "--out", str(out),
+                     "--ray-address", nodes.cluster.address, "--shared-storage"])  # fmt: skip
     captured = capsys.readouterr()
     assert code == 0, captured.err
     (call,) = scripted()
