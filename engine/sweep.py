@@ -382,10 +382,10 @@ def _ship_while_running(run_dir: Path, send, stop: threading.Event, every_s: flo
     """Send the run's records (whole lines) to the driver whenever they grew, until `stop`."""
     last: tuple = ()
     while not stop.wait(every_s):
-        state = _records_state(run_dir)
-        if state == last:
-            continue
         try:
+            state = _records_state(run_dir)
+            if state == last:
+                continue
             send(ship.pack(run_dir, partial=True))
             last = state
         except Exception as exc:  # the next round tries again; the final shipment carries everything anyway
