@@ -222,7 +222,8 @@ def test_shared_storage_runs_straight_into_out(tmp_path, scripted, two_nodes, ca
 # ---- the real harness on two nodes ----------------------------------------------------------------------
 
 
-REAL_FLAGS = ["--benches", "arith", "--limit", "24", "--max-tokens", "48", "--kv-cache-gib", "0.25", "-c", "4"]
+# The baseline's own generation cap (a contract field); 24 of its items, so graded on those.
+REAL_FLAGS = ["--benches", "arith", "--limit", "24", "--kv-cache-gib", "0.25", "-c", "4"]
 
 
 @pytest.mark.slow
@@ -262,7 +263,9 @@ def test_real_sweep_on_two_nodes_with_a_lost_node(tiny_model, int3_model, tmp_pa
         run = records.read_run(out / name)
         keys = [(r.item_id, r.sample) for r in run.records["arith"]]
         assert run.manifest.startswith("verified") and len(keys) == len(set(keys)) == 24
-    assert by_name["smollm2-135m"]["exit_code"] in (0, 1) and proc.returncode == summary["exit_code"]
+    for name, outcome in by_name.items():  # graded against the baseline, not refused as not comparable
+        assert outcome["exit_code"] != 3 and "arith" in outcome["benches"], (name, outcome["problem"])
+    assert proc.returncode == summary["exit_code"]
     print(f"\nnode b lost after {lost_at:.0f}s; sweep done after {total:.0f}s\n{stderr}", file=sys.stderr)
 
 
