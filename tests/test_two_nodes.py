@@ -222,13 +222,13 @@ def test_shared_storage_runs_straight_into_out(tmp_path, scripted, two_nodes, ca
 # ---- the real harness on two nodes ----------------------------------------------------------------------
 
 
-# The baseline's own generation cap (a contract field); 24 of its items, so graded on those.
-REAL_FLAGS = ["--benches", "arith", "--limit", "24", "--kv-cache-gib", "0.25", "-c", "4"]
+# The committed baseline's arith as it is (its items and cap are contract fields: no --limit, no --max-tokens).
+REAL_FLAGS = ["--benches", "arith", "--kv-cache-gib", "0.25", "-c", "32"]
 
 
 @pytest.mark.slow
 def test_real_sweep_on_two_nodes_with_a_lost_node(tiny_model, int3_model, tmp_path, two_nodes, monkeypatch):
-    """The tiny model (A/A) and rtn-int3 on two nodes; the worker node is removed while its run writes
+    """The tiny model (A/A) and rtn-int3 on two nodes (arith smoke, 150 items); the worker node is removed while its run writes
     records; the run resumes on the head node from the shipped records and the sweep finishes."""
     monkeypatch.setenv("VLLM_HOST_IP", "127.0.0.1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
