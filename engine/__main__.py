@@ -921,12 +921,15 @@ def cmd_sweep(argv: list[str]) -> int:
     p.add_argument("--baseline", required=True, help="the baseline's run directory")
     p.add_argument("--models", required=True, help="comma list of candidates (checkpoint dirs or names)")
     p.add_argument("--out", type=Path, default=Path("runs") / "sweep", help="one run directory per candidate "
-                   "under it, named after the model (default runs/sweep); on a cluster, a filesystem every node sees")
+                   "under it, named after the model (default runs/sweep); on the driver's disk (see --shared-storage)")
     p.add_argument("--gpus-per-run", type=int, default=None, metavar="K", help="GPUs a run's Ray task holds (default 1); "
                    "on a cluster without GPUs, CPUs (default: a whole node's, one run per node at a time)")
     p.add_argument("--ray-address", default=None, metavar="ADDR|auto|local", help="Ray cluster to use (default: "
                    "$RAY_ADDRESS, else a local Ray cluster of this machine); local: no Ray, runs one after another here")
     p.add_argument("--ray-cpus", type=int, default=None, help="CPUs of the local Ray cluster started here (default all)")
+    p.add_argument("--shared-storage", action="store_true", help="every node of the Ray cluster sees --out and the "
+                   "baseline at the same paths: runs write there (default on a cluster: baseline shipped to each node, "
+                   "runs to its local disk, $DH_NODE_DIR or its temp dir, and shipped back to --out, checksummed)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     # Its own flags here; every other one is a run flag, for each run (checked below by the run's parser).
     own, run_flags, rest = [], [], list(argv)
@@ -959,7 +962,7 @@ def cmd_sweep(argv: list[str]) -> int:
     return sweep.sweep(
         baseline=args.baseline, models=[m.strip() for m in args.models.split(",") if m.strip()], run_flags=run_flags,
         out=args.out, ray_address=args.ray_address, per_run=args.gpus_per_run, grading=grading,
-        local_cpus=args.ray_cpus, as_json=args.json,
+        local_cpus=args.ray_cpus, as_json=args.json, shared_storage=args.shared_storage,
         expected=dict(tier=run.tier, seed=run.seed, samples=run.samples,
                       benches=sorted(b.strip() for b in run.benches.split(",") if b.strip())),
     )  # fmt: skip

@@ -7,7 +7,16 @@ started as a child process: its run directory, records, resume and exit code are
 started by hand, and every vLLM engine lives and dies in its own process. On a Ray cluster each child
 is started by a Ray task that holds K GPUs (K CPUs on a cluster without GPUs), so Ray places the runs and
 exports CUDA_VISIBLE_DEVICES for them; without Ray (`--ray-address local`, or ray not installed) the
-children run one after another here. The run directories must be on a filesystem every node sees.
+children run one after another here.
+
+No shared filesystem is assumed on a cluster the sweep connects to (`--ray-address`, $RAY_ADDRESS): the
+baseline is shipped to each node through Ray's object store (engine/ship.py), a task runs the ordinary run
+command into a directory on its node's local disk ($DH_NODE_DIR, else the node's temp dir), ships the
+records back to the driver's `--out` as they grow and the finished run (manifest verified) at the end, each
+verified by sha256 on arrival. `--shared-storage` (every node sees `--out` and the baseline at the same
+path) runs straight into `--out`, as does the local cluster the sweep starts itself. A task whose node is
+lost is started again on another node (NODE_LOSS_RETRIES times at most), resuming from the records that
+had reached the driver; the table names the node that ran each candidate and what happened.
 
 A candidate whose run directory holds a finished run (sealed by its manifest) is not started again; a
 partial one is started again and resumes through the runner's own resume. The summary grades every
@@ -18,23 +27,27 @@ panel (probe.json) beside it.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import msgspec
 
-from engine import baselines
+from engine import baselines, ship
 from engine.errors import EXIT_CRASH, ExitCode, Interrupted, UserError
 from engine.grade import GradeOptions
 from engine.grade.load import grade_runs, write_verdict
 from engine.grade.text import delta_cell
-from engine.records import MANIFEST_FILE, SPEC_FILE, being_written, read_run
+from engine.records import MANIFEST_FILE, RECORDS_DIR, SPEC_FILE, being_written, read_run
 
 EXIT_OK, EXIT_DEGRADED, EXIT_INCOMPLETE, EXIT_GATE_FAILED = ExitCode.PASS, ExitCode.DEGRADED, ExitCode.INCOMPLETE, ExitCode.GATE_FAILED
 # The sweep exits with the worst of its runs' exit codes (engine/errors.py ExitCode), worst last: a run
@@ -45,6 +58,10 @@ SEVERITY = (ExitCode.PASS, ExitCode.NOT_SHOWN, ExitCode.DEGRADED, ExitCode.GATE_
 LOCAL = "local"  # --ray-address local: no Ray, the runs one after another in this process
 CHILD_STOP_WAIT_S = 120.0  # a child told to stop (SIGTERM) closes its engine and keeps its records; then SIGKILL
 PR_SET_PDEATHSIG = 1
+NODE_LOSS_RETRIES = 2  # starts again of one candidate whose node (or worker) died under it
+SHIP_EVERY_S = 30.0  # a running task ships its records to the driver this often (when they grew)
+# In a shipped run's command line, the paths only the node knows: replaced there by its local ones.
+RUN_DIR_SLOT, BASELINE_SLOT = "{node-local run dir}", "{node-local baseline}"
 
 
 class Candidate(msgspec.Struct, kw_only=True):
@@ -79,6 +96,8 @@ class Outcome(msgspec.Struct, kw_only=True):
     verdict_line: str = ""
     probe: ProbePanel | None = None
     problem: str = ""  # why there is no grade (not comparable, exit code of a failed run, ...)
+    node: str = ""  # where the run ran: "here", or a Ray node's address and id
+    history: str = ""  # what happened on the way: a lost node, the retry and what it resumed from
 
 
 # ---- the candidates and their run directories ----------------------------------------------------------
@@ -242,15 +261,18 @@ def format_summary(outcomes: list[Outcome], baseline: str) -> str:
     name_w = max([len("candidate"), *(len(o.name) for o in outcomes)])
     widths = {b: max([len(b), *(len(cells[o.name, b]) for o in outcomes)]) for b in bench_names}
     header = f"{'candidate':<{name_w}}  {'exit':>4}  " + "  ".join(f"{b:<{widths[b]}}" for b in bench_names)
-    header += f"  {'KL mean':>9}  {'top-1':>7}  run"
+    node_w = max([len("node"), *(len(o.node or "—") for o in outcomes)])
+    header += f"  {'KL mean':>9}  {'top-1':>7}  {'node':<{node_w}}  run"
     lines = [f"sweep against baseline {baseline}", header, "-" * len(header)]
     for o in outcomes:
         kl = f"{o.probe.kl_mean:>9.6f}  {100 * o.probe.top1_agree:>6.2f}%" if o.probe else f"{'—':>9}  {'—':>7}"
         row = f"{o.name:<{name_w}}  {o.exit_code:>4}  " + "  ".join(f"{cells[o.name, b]:<{widths[b]}}" for b in bench_names)
         note = f" ({o.status})" if o.status != "ran" else ""
-        lines.append(f"{row}  {kl}  {o.run_dir}{note}")
+        lines.append(f"{row}  {kl}  {o.node or '—':<{node_w}}  {o.run_dir}{note}")
         if o.problem:
             lines.append(f"{'':<{name_w}}  ⚠ {o.problem}")
+        if o.history:
+            lines.append(f"{'':<{name_w}}  ↻ {o.history}")
     lines.append("Δ in accuracy points, candidate − baseline [interval at the bench's Holm level]; KL: tier-0 probe "
                  "(mean KL(base‖cand), same top-1 token), — where the run has none")  # fmt: skip
     if any("ʷ" in cell for cell in cells.values()):
@@ -293,7 +315,9 @@ def run_local(jobs: list[tuple[Candidate, list[str]]], log_dir: Path) -> list[Ou
             raise Interrupted(f"sweep interrupted during {candidate.name}: finished runs are kept; rerun the same "
                               "command to resume") from None  # fmt: skip
         _say(f"{candidate.name}: exit {code} after {wall:.0f}s")
-        outcomes.append(_outcome_of_code(candidate, code, wall))
+        outcome = _outcome_of_code(candidate, code, wall)
+        outcome.node = "here"
+        outcomes.append(outcome)
     return outcomes
 
 
@@ -327,9 +351,157 @@ def _last_line(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def run_ray(ray, jobs: list[tuple[Candidate, list[str]]], log_dir: Path, per_run: int | None) -> list[Outcome]:
+# ---- Ray tasks: placement, shipping, lost nodes ---------------------------------------------------
+
+
+class Placed(msgspec.Struct, kw_only=True):
+    """What a Ray task hands back: the run's exit code and time, the node it ran on, and (shipped) the run."""
+
+    code: int
+    wall_s: float
+    node: str
+    run: ship.Shipment | None = None  # the run directory as it ended on the node (sealed when finished)
+    log: bytes = b""  # the run's output on the node
+
+
+class Shipping(msgspec.Struct, frozen=True, kw_only=True):
+    """What a task needs to run on a node that does not see the driver's disk."""
+
+    sweep_key: str  # this sweep's folder on every node
+    attempt: int  # 1, then 2, ... after a lost node: shipments of an attempt given up are ignored
+    seed: ship.Shipment | None  # the candidate's records the driver holds: the run resumes from them
+    every_s: float  # ship the records back this often while they grow
+
+
+def node_label(ray) -> str:
+    """A node as the table names it: its address and the head of its Ray id (one host can hold several)."""
+    return f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()[:8]}"
+
+
+def node_local_dir(ray) -> Path:
+    """This node's working area on its own disk: $DH_NODE_DIR (set where `ray start` runs), else a folder
+    of the temp dir named after the Ray node."""
+    return Path(os.environ.get("DH_NODE_DIR") or Path(tempfile.gettempdir()) / f"dh-node-{ray.get_runtime_context().get_node_id()[:12]}")
+
+
+def _records_state(run_dir: Path) -> tuple:
+    folder = run_dir / RECORDS_DIR
+    return tuple(sorted((p.name, p.stat().st_size) for p in folder.glob("*.jsonl"))) if folder.is_dir() else ()
+
+
+def _ship_while_running(run_dir: Path, send, stop: threading.Event, every_s: float) -> None:
+    """Send the run's records (whole lines) to the driver whenever they grew, until `stop`."""
+    last: tuple = ()
+    while not stop.wait(every_s):
+        try:
+            state = _records_state(run_dir)
+            if state == last:
+                continue
+            send(ship.pack(run_dir, partial=True))
+            last = state
+        except Exception as exc:  # the next round tries again; the final shipment carries everything anyway
+            print(f"sweep: shipping {run_dir.name}'s records failed ({exc}); trying again", file=sys.stderr, flush=True)
+
+
+def _shipped_run(ray, name: str, argv: list[str], baseline: ship.Shipment, shipping: Shipping, receiver, node: str) -> Placed:
+    """The run command on this node's local disk, the baseline and the driver's records shipped in first,
+    the records shipped back while it runs and the run when it ends."""
+    work = node_local_dir(ray) / shipping.sweep_key
+    local_run = work / name
+    local_base = ship.unpack_cached(baseline, node_local_dir(ray) / "baselines")
+    if shipping.seed is not None:
+        ship.unpack(shipping.seed, local_run)
+    elif local_run.exists():
+        shutil.rmtree(local_run)  # an earlier sweep's copy: the driver holds nothing, so nothing is resumed
+    receiver.started.remote(name, shipping.attempt, node)
+    argv = [str(local_run) if a == RUN_DIR_SLOT else str(local_base) if a == BASELINE_SLOT else a for a in argv]
+    log_path = work / "logs" / f"{name}.log"
+    log_start = log_path.stat().st_size if log_path.is_file() else 0
+
+    def send(shipment: ship.Shipment) -> None:
+        ray.get(receiver.take.remote(name, shipping.attempt, shipment))
+
+    stop = threading.Event()
+    shipper = threading.Thread(target=_ship_while_running, args=(local_run, send, stop, shipping.every_s), daemon=True)
+    shipper.start()
+    t0 = time.monotonic()
+    try:
+        code = run_child(argv, str(log_path))
+    except KeyboardInterrupt:
+        stop.set()
+        shipper.join()
+        try:  # the records of a stopped run reach the driver, as they stay on disk in a run started by hand
+            if (local_run / SPEC_FILE).is_file():
+                send(ship.pack(local_run, partial=True))
+        except Exception:
+            pass
+        raise
+    finally:
+        stop.set()
+        shipper.join()
+    wall = time.monotonic() - t0
+    run = ship.pack(local_run, partial=not finished(local_run)) if (local_run / SPEC_FILE).is_file() else None
+    with open(log_path, "rb") as log:
+        log.seek(log_start)
+        output = log.read()
+    if run is not None and run.sealed:
+        shutil.rmtree(local_run, ignore_errors=True)  # it lives on at the driver; a retry is seeded from there
+    return Placed(code=code, wall_s=wall, node=node, run=run, log=output)
+
+
+def _placed_run(name: str, argv: list[str], log_path: str, baseline: ship.Shipment | None, shipping: Shipping | None,
+                receiver) -> Placed:  # fmt: skip
+    """What a Ray task runs: the candidate's run here (shared storage), or shipped (_shipped_run)."""
+    import ray
+
+    node = node_label(ray)
+    if shipping is None:
+        code, wall = _timed_child(argv, log_path)
+        return Placed(code=code, wall_s=wall, node=node)
+    assert baseline is not None
+    return _shipped_run(ray, name, argv, baseline, shipping, receiver, node)
+
+
+class Receiver:
+    """A Ray actor on the driver's node: running tasks' records land in --out through it, and it notes on
+    which node each attempt started (to name a node that is lost)."""
+
+    def __init__(self, out: str):
+        self.out = Path(out)
+        self.attempt: dict[str, int] = {}
+        self.node: dict[str, str] = {}
+
+    def begin(self, name: str, attempt: int) -> None:
+        self.attempt[name] = attempt
+        self.node.pop(name, None)
+
+    def started(self, name: str, attempt: int, node: str) -> None:
+        if self.attempt.get(name) == attempt:
+            self.node[name] = node
+
+    def where(self, name: str) -> str:
+        return self.node.get(name, "")
+
+    def take(self, name: str, attempt: int, shipment: ship.Shipment) -> bool:
+        if self.attempt.get(name) != attempt:
+            return False  # from an attempt given up (its node was lost): the retry's records are the run's
+        ship.unpack(shipment, self.out / name)
+        return True
+
+
+def _sweep_key(out: Path) -> str:
+    """This sweep's folder name on every node: one per driver host and --out."""
+    return hashlib.sha256(f"{socket.gethostname()}:{out.resolve()}".encode()).hexdigest()[:12]
+
+
+def run_ray(ray, jobs: list[tuple[Candidate, list[str]]], log_dir: Path, per_run: int | None, *,
+            ship_baseline: Path | None = None, ship_every_s: float = SHIP_EVERY_S) -> list[Outcome]:  # fmt: skip
     """One Ray task per run, each holding `per_run` GPUs (default 1), or on a cluster without GPUs
-    `per_run` CPUs (default: a whole node's, since a CPU engine uses every core it is given)."""
+    `per_run` CPUs (default: a whole node's, since a CPU engine uses every core it is given).
+
+    `ship_baseline`: no shared filesystem; that baseline is shipped to the nodes, the runs back to
+    their run_dir (the argv name the node's paths by RUN_DIR_SLOT and BASELINE_SLOT). A task whose node or
+    worker died is started again (NODE_LOSS_RETRIES), resuming from the records the driver holds."""
     resources = ray.cluster_resources()
     if resources.get("GPU", 0) > 0:
         per_run = per_run or 1
@@ -340,24 +512,81 @@ def run_ray(ray, jobs: list[tuple[Candidate, list[str]]], log_dir: Path, per_run
     if resources.get(kind, 0) < per_run:
         raise UserError(f"--gpus-per-run {per_run}: the Ray cluster has {resources.get(kind, 0):g} {kind}s in all")
     # max_retries=0: a run that failed is reported, not started again behind the user's back (its
-    # records are kept; rerunning the sweep resumes it).
-    task = ray.remote(max_retries=0, **need)(_timed_child)
-    pending = {}
+    # records are kept; rerunning the sweep resumes it). A lost node is retried below, by name.
+    task = ray.remote(max_retries=0, **need)(_placed_run)
+    baseline_ref = receiver = None
+    if ship_baseline is not None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        baseline = ship.pack(ship_baseline)
+        baseline_ref = ray.put(baseline)  # one copy per node, fetched by the first task there
+        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+        receiver = ray.remote(num_cpus=0, scheduling_strategy=here)(Receiver).remote(str(jobs[0][0].run_dir.parent))
+        _say(f"baseline {ship_baseline.name} packed for the nodes: {baseline.n_bytes / 1e6:.2f} MB")
+    lost_errors = (ray.exceptions.NodeDiedError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError)
+    tries: dict[str, int] = {}
+    history: dict[str, list[str]] = {c.name: [] for c, _ in jobs}
+    pending: dict = {}
+
+    def submit(candidate: Candidate, argv: list[str]) -> ship.Shipment | None:
+        attempt = tries[candidate.name] = tries.get(candidate.name, 0) + 1
+        shipping = seed = None
+        log_path = str(log_dir / f"{candidate.name}.log")
+        if receiver is not None:
+            ray.get(receiver.begin.remote(candidate.name, attempt))  # from now on, older attempts are not taken
+            if (candidate.run_dir / SPEC_FILE).is_file():
+                seed = ship.pack(candidate.run_dir, partial=True)
+            shipping = Shipping(sweep_key=_sweep_key(candidate.run_dir.parent), attempt=attempt, seed=seed, every_s=ship_every_s)
+        pending[task.remote(candidate.name, argv, log_path, baseline_ref, shipping, receiver)] = (candidate, argv, time.monotonic())
+        return seed
+
     for candidate, argv in jobs:
-        pending[task.remote(argv, str(log_dir / f"{candidate.name}.log"))] = candidate
+        submit(candidate, argv)
         _say(f"{candidate.name}: submitted ({per_run} {kind} each; log {log_dir / (candidate.name + '.log')})")
     outcomes: dict[str, Outcome] = {}
     try:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
-            candidate = pending.pop(done[0])
+            candidate, argv, started = pending.pop(done[0])
+            problem = ""
             try:
-                code, wall = ray.get(done[0])
-            except ray.exceptions.RayError as exc:  # the worker or its node died: no exit code of the run
+                placed = ray.get(done[0])
+            except lost_errors as exc:  # the node or the worker died under the run
+                lost = ray.get(receiver.where.remote(candidate.name)) if receiver is not None else ""
+                what = f"node {lost or '(unknown)'} lost after {time.monotonic() - started:.0f}s ({type(exc).__name__})"
+                if tries[candidate.name] <= NODE_LOSS_RETRIES:
+                    seed = submit(candidate, argv)
+                    n_records = ship.records_in(seed) if seed is not None else 0
+                    resumed = ("resumed from its records on shared storage" if receiver is None else
+                               f"resumed from {n_records} records shipped before" if n_records else
+                               "started again from nothing (no records had reached the driver)")  # fmt: skip
+                    history[candidate.name].append(f"{what}; retried, {resumed}")
+                    _say(f"{candidate.name}: {what}: retried, {resumed}")
+                    continue
+                history[candidate.name].append(f"{what}; not retried ({NODE_LOSS_RETRIES} retries spent)")
+                placed = Placed(code=EXIT_CRASH, wall_s=0.0, node=lost)
+            except ray.exceptions.RayError as exc:  # the task itself failed: no exit code of the run
                 _say(f"{candidate.name}: the Ray task failed: {_last_line(exc)}")
-                code, wall = EXIT_CRASH, 0.0
-            _say(f"{candidate.name}: exit {code} after {wall:.0f}s")
-            outcomes[candidate.name] = _outcome_of_code(candidate, code, wall)
+                placed = Placed(code=EXIT_CRASH, wall_s=0.0, node="")
+            if placed.log:
+                log_dir.mkdir(parents=True, exist_ok=True)
+                with open(log_dir / f"{candidate.name}.log", "ab") as log:
+                    log.write(placed.log)
+            if placed.run is not None:
+                t0 = time.monotonic()
+                try:
+                    ship.unpack(placed.run, candidate.run_dir)
+                    _say(f"{candidate.name}: {'run' if placed.run.sealed else 'records'} shipped back from "
+                         f"{placed.node}: {placed.run.n_bytes / 1e6:.2f} MB verified and in place in "
+                         f"{time.monotonic() - t0:.2f}s")  # fmt: skip
+                except UserError as exc:
+                    placed.code, problem = EXIT_CRASH, f"shipped back from {placed.node} but refused: {exc}"
+            _say(f"{candidate.name}: exit {placed.code} after {placed.wall_s:.0f}s on {placed.node or '?'}")
+            outcome = _outcome_of_code(candidate, placed.code, placed.wall_s)
+            outcome.node, outcome.problem = placed.node, problem or outcome.problem
+            if history[candidate.name]:
+                outcome.history = "; ".join([*history[candidate.name], f"finished on {placed.node}"])
+            outcomes[candidate.name] = outcome
     except KeyboardInterrupt:
         # Each task's child gets SIGTERM (run_child's handler) and closes its engine with its records kept.
         for ref in pending:
@@ -379,9 +608,13 @@ def sweep(
     local_cpus: int | None = None,
     as_json: bool = False,
     expected: dict[str, object] | None = None,
+    shared_storage: bool = False,
+    ship_every_s: float | None = None,
 ) -> int:
     """Run (or resume) every candidate's run, print the summary; the worst exit code of the runs.
-    `expected`: what the run flags set (tier, seed, samples, benches), checked in finished runs."""
+    `expected`: what the run flags set (tier, seed, samples, benches), checked in finished runs.
+    `shared_storage`: every node of the Ray cluster sees `out` and the baseline at the same paths; else
+    (a cluster the sweep connects to) runs and baseline are shipped, every `ship_every_s` while running."""
     base_dir = Path(baseline)
     if not (base_dir / SPEC_FILE).is_file():
         raise UserError(f"--baseline {baseline}: not a run directory (no {SPEC_FILE}); give the baseline's run dir")
@@ -407,8 +640,15 @@ def sweep(
                 _say("ray is not installed (pip install 'degradation-harness[scale]'): running the candidates one after another here")
             ran = run_local(jobs, log_dir)
         else:
+            # A cluster the sweep started itself is this machine alone: its disk is every node's.
+            started_here = ray_address is None and not os.environ.get("RAY_ADDRESS")
+            shipped = not (shared_storage or started_here)
+            if shipped:
+                jobs = [(c, run_argv(msgspec.structs.replace(c, run_dir=Path(RUN_DIR_SLOT)), BASELINE_SLOT, run_flags))
+                        for c, _ in jobs]  # fmt: skip
             try:
-                ran = run_ray(ray, jobs, log_dir, per_run)
+                ran = run_ray(ray, jobs, log_dir, per_run, ship_baseline=base_dir.resolve() if shipped else None,
+                              ship_every_s=ship_every_s or SHIP_EVERY_S)  # fmt: skip
             finally:
                 ray.shutdown()
         outcomes.update({o.name: o for o in ran})

@@ -30,7 +30,7 @@ BASELINE = ROOT / "baselines" / "smollm2-135m" / "smoke-nothink-s0"
 # DIR as a finished run of B's spec (arith only) unless DIR is finished already; models named
 # "*worse*" answer wrong where the baseline was right, "*broken*" exits 4 having written nothing, and
 # "*partial*" writes half the records and exits 130 the first time (a run interrupted midway); "*sleeper*"
-# waits to be stopped.
+# waits to be stopped; "*trickle*" writes its records 50 ms apart (a run to lose a node under).
 SCRIPTED_RUN = textwrap.dedent(
     """
     import json, os, shutil, sys
@@ -61,6 +61,9 @@ SCRIPTED_RUN = textwrap.dedent(
         todo = todo[: len(todo) // 2]
     writer = records.RecordWriter(records.records_path(out, "arith"))
     for rec in todo:
+        if "trickle" in model:
+            import time
+            time.sleep(0.05)
         if "worse" in model and rec.score == 1.0:
             rec = msgspec.structs.replace(rec, score=0.0, answer="wrong", completion="wrong", checksum="")
         writer.append(rec)

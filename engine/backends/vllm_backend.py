@@ -202,6 +202,22 @@ def engine_kwargs(
     }
 
 
+def check_dp_backend(data_parallel: int, dp_backend: str) -> None:
+    """--dp N --dp-backend ray: vLLM places each replica in a Ray placement group of its platform's Ray
+    device (create_dp_placement_groups in vllm/v1/engine/utils.py); a platform without one (the CPU build)
+    cannot, and vLLM would fail deep in its startup instead."""
+    if data_parallel <= 1 or dp_backend != "ray":
+        return
+    from vllm.platforms import current_platform
+
+    if not current_platform.ray_device_key:
+        raise UserError(
+            f"--dp-backend ray: vLLM's {current_platform.device_name} build has no Ray device key, so it cannot "
+            "place --dp replicas on Ray nodes; use --dp-backend mp (replicas on this machine), or "
+            "`python -m engine sweep` to spread candidates over the nodes"
+        )
+
+
 def resolve_engine_core(choice: str, tensor_parallel: int, data_parallel: int = 1) -> str:
     if choice not in ENGINE_CORES:
         raise UserError(f"--engine-core {choice}: choose from {', '.join(ENGINE_CORES)}")
@@ -340,6 +356,7 @@ class VllmBackend:
                 f"or use --backend hf"
             ) from exc
 
+        check_dp_backend(spec.data_parallel, spec.dp_backend)
         core = resolve_engine_core(spec.engine_core, spec.tensor_parallel, spec.data_parallel)
         # --engine-arg max_num_seqs (recorded in the contract) overrides the harness's batch cap.
         max_num_seqs = spec.engine_args.get("max_num_seqs") or (1 if spec.bs1 else max(1, concurrency))
