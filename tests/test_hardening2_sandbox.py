@@ -122,8 +122,9 @@ def test_an_over_quota_command_is_stopped_while_it_runs(data_dir, writer, monkey
         assert result.status == "error"
         assert f"reached its {quota_mb} MB quota: its files were removed" in result.output, result.output
         # Unchecked, the writer would fill the disk until the wall clock. The watcher polls every 10 ms:
-        # a few MB past the quota on an idle machine (docs/hardening.md), more on a loaded one.
-        assert peak[0] <= 2 * (quota_mb << 20), f"{peak[0] >> 20} MB written against a {quota_mb} MB quota"
+        # a few MB past the quota on an idle machine (docs/hardening.md), more on a loaded one (the
+        # watcher thread waits for a core: 2x was exceeded once with 8 processes on 2 cores).
+        assert peak[0] <= 4 * (quota_mb << 20), f"{peak[0] >> 20} MB written against a {quota_mb} MB quota"
         assert shell.run("echo fine > ok && cat ok").output.strip() == "fine"  # the episode goes on
 
 
