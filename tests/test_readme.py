@@ -32,7 +32,8 @@ def demo_output() -> str:
             cwd=tmp, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
     assert proc.returncode in (0, 1), proc.stderr[-2000:]
-    lines = proc.stdout.rstrip("\n").splitlines()
+    # The runs' paths as the demo names them (relative to the checkout), not this temporary copy's.
+    lines = proc.stdout.replace(str(Path(tmp).resolve()) + "/", "").replace(tmp + "/", "").rstrip("\n").splitlines()
     # The table, then "...", then the verdict and its reasons (the method paragraph is left out).
     head = lines[: lines.index("")] if "" in lines else lines
     verdict = next((i for i, line in enumerate(lines) if line.startswith("verdict")), len(lines))
