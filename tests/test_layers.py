@@ -54,3 +54,14 @@ def test_import_contracts_are_kept():
     result = subprocess.run([str(lint)], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "0 broken" in result.stdout
+
+
+def test_every_engine_module_is_in_a_layer():
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    layers = next(c for c in config if c["type"] == "layers" and c["layers"][0] == "engine.__main__")["layers"]
+    placed = {name.strip() for layer in layers for name in layer.split(":")}
+    modules = {f"engine.{p.stem}" for p in (ROOT / "engine").glob("*.py") if p.stem != "__init__"}
+    modules |= {f"engine.{p.name}" for p in (ROOT / "engine").iterdir() if (p / "__init__.py").is_file()}
+    assert sorted(modules - placed) == [], "add these modules to a layer of the engine contract in pyproject.toml"
