@@ -249,19 +249,15 @@ def score_vllm(llm, queries: list[Query], batch: int = 256) -> list[MarginItem]:
 def in_process_llm(checkpoint: Path, *, dtype: str, max_model_len: int, seed: int = 0) -> Iterator:
     """A `vllm.LLM` with its engine core in this process (prefix caching off, as every engine here),
     shut down on exit; vLLM's environment restored as found."""
-    from engine.backends.vllm_backend import (
-        _prepare_environment,
-        cpu_thread_binding_env,
-        engine_kwargs,
-        vllm_environment,
-    )
+    from engine.backends.vllm_backend import cpu_thread_binding_env, engine_kwargs, engine_scope
 
-    _prepare_environment()
     try:
         from vllm import LLM
     except ImportError as exc:
         raise UserError(f"margin: vLLM is not importable ({exc})") from exc
-    with vllm_environment({"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_STREAM": os.environ.get("VLLM_LOGGING_STREAM", "ext://sys.stderr")}):
+    # The one scoped environment (and watchdog) of every engine the harness starts; restored on exit.
+    values = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_STREAM": os.environ.get("VLLM_LOGGING_STREAM", "ext://sys.stderr")}
+    with engine_scope(values):
         with cpu_thread_binding_env(1):
             llm = LLM(**engine_kwargs(checkpoint, dtype=dtype, seed=seed, max_model_len=max_model_len))
         try:

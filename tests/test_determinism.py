@@ -186,6 +186,7 @@ def test_bf16_batching_changes_outputs_and_bs1_repeats_are_bit_identical(tiny_mo
 
 
 @pytest.mark.heavy
+@pytest.mark.slow  # CI time budget (20 min on 2 cores): `make test-slow`; bf16 batching and bs1 repeats stay in CI
 def test_fp32_batching_is_bit_identical(tiny_model, prompts_file, tmp_path):
     report = _determinism(prompts_file, tmp_path / "fp32", "--configs", "bs1,batched", "--dtype", "float32")
     batched = _config(report, "batched")

@@ -127,6 +127,7 @@ def test_hf_backend_end_to_end(tiny_model, tmp_path):
 
 
 @pytest.mark.heavy
+@pytest.mark.slow  # CI time budget (20 min on 2 cores): `make test-slow`
 def test_inline_and_process_engine_cores_give_identical_records(tiny_model, tmp_path):
     # float32 greedy and sampled: the same scheduler, sampler and seeds in either place.
     common = ["--model", "smollm2-135m", "--benches", "arith", "--tier", "full", "--limit", "16", "--dtype", "float32",

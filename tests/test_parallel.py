@@ -172,6 +172,7 @@ def tp1_reference(tiny_model, tmp_path_factory) -> tuple[Path, int]:
 
 
 @pytest.mark.heavy
+@pytest.mark.slow  # CI time budget (20 min on 2 cores): `make test-slow`
 def test_probe_at_tp3_reports_every_position_once_and_matches_tp1(tp1_reference):
     ref, positions = tp1_reference
     panel = _probe("--model", "smollm2-135m", "--reference", str(ref), "--tp", "3")

@@ -84,7 +84,7 @@ def test_baseline_then_candidate_as_the_readme_says(two_commands, workdir):
     assert f"commit it:   git add {base.relative_to(workdir)}" in made.stdout
     assert "a candidate: python -m engine --model CANDIDATE --tier smoke --benches arith --limit 4" in made.stdout
     assert graded.returncode in (ExitCode.PASS, ExitCode.DEGRADED), graded.stdout[-3000:] + graded.stderr[-3000:]
-    assert f"({base.relative_to(workdir)})" in graded.stdout  # graded against the baseline just made
+    assert f"{base.relative_to(workdir)})" in graded.stdout  # graded against the baseline just made
 
 
 def test_a_hub_id_candidate_finds_the_baseline_without_being_told(two_commands, candidate, workdir, tmp_path):
