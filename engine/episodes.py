@@ -21,9 +21,11 @@ from __future__ import annotations
 import math
 
 import msgspec
-from scipy import stats as sps
 
 from engine.records import ItemRecord
+from engine.stats import OnFirstUse
+
+sps = OnFirstUse("scipy.stats")  # loaded when first used (fast --help)
 
 BAD_STOPS = ("turn_limit", "format_errors", "context_limit", "timeout", "error")
 COUNTS = ("turns_used", "tool_errors", "format_errors")

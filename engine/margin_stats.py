@@ -16,9 +16,11 @@ import math
 
 import msgspec
 import numpy as np
-from scipy import stats as _scipy_stats
 
 from engine import stats
+from engine.stats import OnFirstUse
+
+_scipy_stats = OnFirstUse("scipy.stats")  # loaded when first used (fast --help)
 
 FAMILY = "answer margin"
 

@@ -18,10 +18,12 @@ from pathlib import Path
 
 import msgspec
 import numpy as np
-from scipy import stats as _scipy_stats
 
 from engine import stats
 from engine.errors import ExitCode, UserError
+from engine.stats import OnFirstUse
+
+_scipy_stats = OnFirstUse("scipy.stats")  # loaded when first used (fast --help)
 
 MAX_ITEMS = 1_000_000
 

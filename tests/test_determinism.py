@@ -151,6 +151,7 @@ def _mode(config: dict, mode: str) -> dict:
 
 
 @pytest.mark.heavy
+@pytest.mark.slow  # CI time budget (20 min on 2 cores): `make test-slow`
 def test_bf16_batching_changes_outputs_and_bs1_repeats_are_bit_identical(tiny_model, prompts_file, tmp_path):
     from vllm.platforms import current_platform
 

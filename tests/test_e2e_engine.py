@@ -53,6 +53,7 @@ def test_rerun_resumes_without_work(base_run):
     assert (base_run / "records" / "arith.jsonl").read_bytes() == before
 
 
+@pytest.mark.slow  # CI time budget (20 min on 2 cores): `make test-slow`; the A/A run of tests/test_decision_engine.py stays in CI
 def test_same_model_at_another_seed_is_not_flagged(base_run, tmp_path):
     proc = run_cli(
         # Other sampling seeds on the same items (--item-seed keeps the selection): the noise floor's rerun.
@@ -82,6 +83,7 @@ def _lines(path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
+@pytest.mark.slow  # CI time budget (20 min on 2 cores): `make test-slow`; scripted kill/resume tests and the engine SIGKILL test of test_hardening_engine.py stay in CI
 def test_resume_after_sigkill_loses_nothing_and_duplicates_nothing(tiny_model, tmp_path):
     # float32: batch composition then does not change the numbers, so a resumed run must reproduce
     # the uninterrupted one exactly, item by item.
