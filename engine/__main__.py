@@ -932,16 +932,7 @@ def cmd_sweep(argv: list[str]) -> int:
                    "runs to its local disk, $DH_NODE_DIR or its temp dir, and shipped back to --out, checksummed)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     # Its own flags here; every other one is a run flag, for each run (checked below by the run's parser).
-    own, run_flags, rest = [], [], list(argv)
-    while rest:
-        token = rest.pop(0)
-        action = p._option_string_actions.get(token.split("=")[0])
-        if action is None:
-            run_flags.append(token)
-            continue
-        own.append(token)
-        if action.nargs != 0 and "=" not in token and rest:
-            own.append(rest.pop(0))
+    own, run_flags = checks.split_own_flags(p, argv)
     args = p.parse_args(own)
     from engine import sweep
 

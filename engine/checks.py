@@ -5,6 +5,7 @@ Each raises UserError with one line that names the flag, the value and what is a
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import math
 import os
@@ -87,3 +88,19 @@ def unknown_command(word: str, commands: list[str]) -> UserError:
     close = difflib.get_close_matches(word, commands, n=1, cutoff=0.6)
     hint = f"did you mean '{close[0]}'?" if close else f"commands: {', '.join(commands)}; a run starts with --model"
     return UserError(f"unknown command '{word}'; {hint}")
+
+
+def split_own_flags(p: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the flags `p` knows, with their values; every other token): a command that takes its own flags
+    and hands the rest to each run it starts (sweep, baseline)."""
+    own, run_flags, rest = [], [], list(argv)
+    while rest:
+        token = rest.pop(0)
+        action = p._option_string_actions.get(token.split("=")[0])
+        if action is None:
+            run_flags.append(token)
+            continue
+        own.append(token)
+        if action.nargs != 0 and "=" not in token and rest:
+            own.append(rest.pop(0))
+    return own, run_flags

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from engine import checks
 from engine.errors import ExitCode, UserError
 
 # Set for the baseline by this command; a candidate's command must not carry them over.
@@ -38,21 +39,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _split(p: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], list[str]]:
-    """(this command's flags, the run flags), as `sweep` splits them."""
-    own, run_flags, rest = [], [], list(argv)
-    while rest:
-        token = rest.pop(0)
-        action = p._option_string_actions.get(token.split("=")[0])
-        if action is None:
-            run_flags.append(token)
-            continue
-        own.append(token)
-        if action.nargs != 0 and "=" not in token and rest:
-            own.append(rest.pop(0))
-    return own, run_flags
-
-
 def command(argv: list[str], *, run: Callable[[list[str]], int], run_parser: Callable[[], argparse.ArgumentParser]) -> int:
     """`run` is the run command (`python -m engine ...` as a function), `run_parser` its parser: passed in
     by the command line, which this module sits under."""
@@ -60,7 +46,7 @@ def command(argv: list[str], *, run: Callable[[list[str]], int], run_parser: Cal
     from engine import baselines, battery, models
 
     p = _parser()
-    own, run_flags = _split(p, argv)
+    own, run_flags = checks.split_own_flags(p, argv)
     args = p.parse_args(own)
     taken = _OWN_RUN_FLAGS & {f.split("=")[0] for f in run_flags}
     if taken:
